@@ -1,0 +1,16 @@
+"""The ``atlas`` command line."""
+
+from __future__ import annotations
+
+import typer
+
+from atlas.cli import node
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help="Atlas remote-support cluster.")
+app.command("init")(node.init)
+app.command("serve")(node.serve_cmd)
+app.add_typer(node.certs_app, name="certs")
+
+
+def main() -> None:
+    app()

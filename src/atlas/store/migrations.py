@@ -1,0 +1,60 @@
+"""Versioned schema migrations for the node database.
+
+Each entry is ``(version, sql)``; ``PRAGMA user_version`` records the last one applied.
+Append new migrations at the end, never edit an applied one.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[tuple[int, str]] = [
+    (
+        1,
+        """
+        CREATE TABLE admins (
+            id INTEGER PRIMARY KEY,
+            username TEXT NOT NULL UNIQUE,
+            password_hash TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            failed_logins INTEGER NOT NULL DEFAULT 0,
+            locked_until REAL NOT NULL DEFAULT 0
+        );
+        CREATE TABLE web_sessions (
+            token_hash TEXT PRIMARY KEY,
+            admin_id INTEGER NOT NULL REFERENCES admins(id) ON DELETE CASCADE,
+            csrf_token TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            expires_at REAL NOT NULL
+        );
+        CREATE TABLE api_accounts (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL,
+            client_id TEXT NOT NULL UNIQUE,
+            secret_hash TEXT NOT NULL,
+            permissions TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            revoked_at REAL
+        );
+        CREATE TABLE api_tokens (
+            token_hash TEXT PRIMARY KEY,
+            account_id INTEGER NOT NULL REFERENCES api_accounts(id) ON DELETE CASCADE,
+            expires_at REAL NOT NULL
+        );
+        CREATE TABLE settings (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        );
+        CREATE TABLE status_history (
+            id INTEGER PRIMARY KEY,
+            at REAL NOT NULL,
+            status INTEGER NOT NULL,
+            message TEXT NOT NULL
+        );
+        CREATE TABLE config_documents (
+            revision INTEGER PRIMARY KEY,
+            document TEXT NOT NULL,
+            created_at REAL NOT NULL,
+            author TEXT NOT NULL DEFAULT ''
+        );
+        """,
+    ),
+]
