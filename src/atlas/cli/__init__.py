@@ -9,6 +9,7 @@ from atlas.cli import node
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Atlas remote-support cluster.")
 app.command("init")(node.init)
 app.command("serve")(node.serve_cmd)
+app.command("demo")(node.demo)
 app.add_typer(node.certs_app, name="certs")
 
 

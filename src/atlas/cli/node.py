@@ -14,8 +14,8 @@ from atlas.node.init import InitError, init_node
 from atlas.node.logs import setup_logging
 from atlas.node.server import ServeError, serve
 
-err = Console(stderr=True)
-out = Console()
+err = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 DataDirArg = Annotated[Path, typer.Argument(help="The node's data directory")]
 
@@ -109,3 +109,18 @@ def certs_issue(
     except (certs.CertificateError, OSError) as exc:
         raise fail(str(exc)) from None
     out.print(f"Issued {cert} for {', '.join(names)}", highlight=False)
+
+
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="Demo working directory")] = Path(
+        ".atlas-demo"
+    ),
+) -> None:
+    """Bring up the local demo and print the /login URL and admin credentials."""
+    from atlas.demo import standalone
+
+    setup_logging("warning")
+    try:
+        standalone.run(directory, say=out.print)
+    except (InitError, ServeError) as exc:
+        raise fail(str(exc)) from None
