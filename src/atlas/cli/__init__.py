@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from atlas.cli import node
+from atlas.cli import accounts, node
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Atlas remote-support cluster.")
 app.command("init")(node.init)
 app.command("serve")(node.serve_cmd)
 app.command("demo")(node.demo)
 app.add_typer(node.certs_app, name="certs")
+app.add_typer(accounts.app, name="api-account")
 
 
 def main() -> None:

@@ -14,6 +14,10 @@ NODE: web.AppKey[Node] = web.AppKey("atlas_node", Node)
 # Each module exposes ``setup(app: web.Application) -> None``; order is routing order.
 FEATURES: tuple[str, ...] = (
     "atlas.web.health",
+    "atlas.web.oauth",
+    "atlas.web.command_api",
+    "atlas.web.api_v1",
+    "atlas.web.login",
 )
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024

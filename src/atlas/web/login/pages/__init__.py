@@ -1,0 +1,1 @@
+"""The /login pages, one module per page of the guide's menu."""

@@ -1,0 +1,31 @@
+"""Status → Information: what this node is and how long it has been up."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from atlas.node.app import NODE
+from atlas.web.login.guard import add_page
+from atlas.web.login.state import LOGIN_STATE
+from atlas.web.rendering import render
+
+PATH = "/login/status/information"
+
+
+def role_of(_node: object) -> str:
+    """The node's cluster role; ``standalone`` until cluster membership exists."""
+    return "standalone"
+
+
+async def information(request: web.Request) -> web.StreamResponse:
+    node = request.config_dict[NODE]
+    now = request.config_dict[LOGIN_STATE].now()
+    return render(
+        request, "login/status.html", title="Status :: Information",
+        identity=node.identity, version=node.software_version, role=role_of(node),
+        started_at=node.started_at, uptime=now - node.started_at,
+    )
+
+
+def setup(app: web.Application) -> None:
+    add_page(app, "status", "information", "Information", PATH, information)
