@@ -18,6 +18,8 @@ FEATURES: tuple[str, ...] = (
     "atlas.web.command_api",
     "atlas.web.api_v1",
     "atlas.web.login",
+    "atlas.node.internal_api",
+    "atlas.node.health_monitor",
 )
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024

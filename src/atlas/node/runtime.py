@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,7 +30,8 @@ class Node:
         self.identity: Identity = self.datadir.load_identity()
         self.db = Database(self.datadir.db_file)
         self.resolver = resolver or Resolver.from_env(self.db.get_setting("dns_server"))
-        self.software_version = SOFTWARE_VERSION
+        # Tests run a node "on another version" with ATLAS_SOFTWARE_VERSION_OVERRIDE.
+        self.software_version = os.environ.get("ATLAS_SOFTWARE_VERSION_OVERRIDE", SOFTWARE_VERSION)
         self.started_at = time.time()
         self.metrics = CollectorRegistry()
         self._info = Gauge(

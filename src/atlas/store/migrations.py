@@ -57,4 +57,25 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        2,
+        # Cluster data sync (atlas.store.config_store, atlas.node.sync): what kind of change
+        # each configuration revision was, and what each traffic node acknowledged.
+        """
+        ALTER TABLE config_documents ADD COLUMN kind TEXT NOT NULL DEFAULT 'edit';
+        ALTER TABLE config_documents ADD COLUMN subject TEXT;
+        CREATE TABLE node_status (
+            name TEXT PRIMARY KEY,
+            guid TEXT,
+            reported_name TEXT,
+            version TEXT,
+            acked_revision INTEGER NOT NULL DEFAULT 0,
+            accepting_revision INTEGER NOT NULL DEFAULT 0,
+            last_sync_at REAL,
+            last_sync_status INTEGER,
+            last_error_reason TEXT,
+            last_error TEXT
+        );
+        """,
+    ),
 ]
