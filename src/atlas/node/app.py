@@ -20,6 +20,7 @@ FEATURES: tuple[str, ...] = (
     "atlas.web.login",
     "atlas.node.internal_api",
     "atlas.node.health_monitor",
+    "atlas.relay.endpoint",
 )
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
