@@ -23,6 +23,7 @@ from atlas.web.api_v1 import ApiContext, ApiRouter, conflict, not_found
 from atlas.web.api_v1.openapi import build_document
 from atlas.web.api_v1.routing import RouteDefinitionError
 from atlas.web.auth import Principal, register_session_authenticator
+from tests.support.fuzz import schemathesis_config
 
 
 @pytest.fixture
@@ -389,20 +390,6 @@ def test_framework_document_is_valid_openapi() -> None:
     assert "204" in delete["responses"] and "content" not in delete["responses"]["204"]
 
 
-def schemathesis_config(directory: Path) -> Path:
-    """Answers the HTTP RFCs prescribe that schemathesis does not expect by default: a
-    stale If-Match is schema-valid yet refused (412, RFC 9110 §13.1.1), and a missing
-    required If-Match is 428 (RFC 6585 §3)."""
-    path = directory / "schemathesis.toml"
-    path.write_text(
-        '[checks.positive_data_acceptance]\n'
-        'expected-statuses = ["2xx", "3xx", "401", "403", "404", "409", "412", "429"]\n'
-        '[checks.missing_required_header]\n'
-        'expected-statuses = ["400", "401", "403", "406", "415", "422", "428"]\n'
-    )
-    return path
-
-
 async def test_fuzz_the_framework_from_its_document(node, tmp_path) -> None:
     """schemathesis against every kind of input the framework takes: no 5xx, answers as
     documented."""
@@ -421,7 +408,8 @@ async def test_fuzz_the_framework_from_its_document(node, tmp_path) -> None:
     headers = token_for(node, Permission.CONFIG_WRITE)
     async with TestServer(app, host="127.0.0.1") as server:
         proc = await asyncio.create_subprocess_exec(
-            str(st), "--config-file", str(schemathesis_config(tmp_path)), "run", f"http://127.0.0.1:{server.port}/api/v1/openapi.json",
+            str(st), "--config-file", str(schemathesis_config(tmp_path)), "run",
+            f"http://127.0.0.1:{server.port}/api/v1/openapi.json",
             "--checks", "all", "--max-examples", "25", "--seed", "1",
             "--header", f"Authorization: {headers['Authorization']}",
             "--generation-database", "none", "--no-color", "--request-timeout", "10",

@@ -307,9 +307,9 @@ async def test_every_menu_link_leads_somewhere(admin: LoginClient) -> None:
         for block in nav:
             todo += [h for h in re.findall(r'href="([^"]+)"', block) if h not in seen]
     assert {"/login/management/security", "/login/management/api", "/login/account",
-            "/login/pending/cluster", "/login/pending/failover"} <= seen
-    pending = await admin.get("/login/pending/cluster")
-    assert "Available once cluster management is built" in pending.text
+            "/login/management/cluster", "/login/pending/failover"} <= seen
+    pending = await admin.get("/login/pending/failover")
+    assert "Available once failover" in pending.text
 
 
 async def test_pending_address_of_a_built_page_forwards(admin: LoginClient) -> None:
@@ -341,12 +341,12 @@ async def test_a_feature_adds_a_page_with_one_call(node_factory: NodeFactory) ->
     app = build_app(node)
 
     async def cluster_page(request: web.Request) -> web.StreamResponse:
-        return render(request, "error.html", title="Cluster", message="cluster page here")
+        return render(request, "error.html", title="Failover", message="failover page here")
 
     async def cluster_post(request: web.Request) -> web.StreamResponse:
         return web.Response(text="posted")
 
-    add_page(app, "management", "cluster", "Cluster", "/login/management/cluster",
+    add_page(app, "management", "failover", "Failover", "/login/management/failover",
              cluster_page, post=cluster_post)
     dd = DataDir(info.data_dir)
     server = TestServer(app, host="localhost")
@@ -359,15 +359,15 @@ async def test_a_feature_adds_a_page_with_one_call(node_factory: NodeFactory) ->
     ) as http:
         try:
             client = LoginClient(http)
-            async with http.get("/login/management/cluster", allow_redirects=False) as r:
+            async with http.get("/login/management/failover", allow_redirects=False) as r:
                 assert r.status == 303  # behind the login
             await client.login("admin", info.admin_password)
-            page = await client.get("/login/management/cluster")
-            assert "cluster page here" in page.text
-            assert '<a href="/login/management/cluster" class="active"' in page.text
-            assert "/login/pending/cluster" not in page.text
-            assert (await client.post("/login/management/cluster", {}, csrf=False)).status == 403
-            assert (await client.post("/login/management/cluster", {})).text == "posted"
+            page = await client.get("/login/management/failover")
+            assert "failover page here" in page.text
+            assert '<a href="/login/management/failover" class="active"' in page.text
+            assert "/login/pending/failover" not in page.text
+            assert (await client.post("/login/management/failover", {}, csrf=False)).status == 403
+            assert (await client.post("/login/management/failover", {})).text == "posted"
         finally:
             await server.close()
             node.close()

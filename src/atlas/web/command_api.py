@@ -19,6 +19,7 @@ anything need ``command:full``. Handlers build un-namespaced elements (use
 from __future__ import annotations
 
 import datetime as dt
+import importlib
 import logging
 import re
 import time
@@ -415,5 +416,13 @@ async def check_health(request: web.Request, params: Mapping[str, str]) -> ET.El
     return root
 
 
+# Modules whose import registers further actions (feature by feature).
+ACTION_MODULES: tuple[str, ...] = (
+    "atlas.web.command_cluster",
+)
+
+
 def setup(app: web.Application) -> None:
+    for name in ACTION_MODULES:
+        importlib.import_module(name)
     app.router.add_route("*", COMMAND_PATH, command)

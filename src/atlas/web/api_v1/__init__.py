@@ -37,6 +37,7 @@ TITLE = "Atlas API"
 # Modules whose import declares routes on ``api``; order is the document's order.
 ROUTE_MODULES: tuple[str, ...] = (
     "atlas.web.api_v1.node",
+    "atlas.web.api_v1.cluster",
 )
 
 OPENAPI_DOC: web.AppKey[dict[str, Any]] = web.AppKey("atlas_openapi", dict)

@@ -21,13 +21,22 @@ from atlas.web.login.guard import (
     require_admin,
     session_principal,
 )
-from atlas.web.login.pages import account, api_accounts, pending, security, signin, status
+from atlas.web.login.pages import (
+    account,
+    api_accounts,
+    cluster,
+    pending,
+    security,
+    signin,
+    status,
+    users,
+)
 from atlas.web.login.state import LOGIN_STATE, LoginState, signing_key
 from atlas.web.rendering import STATIC_DIR, STATIC_PREFIX, flashes, nav
 
 __all__ = ["add_page", "admin_route", "forbidden", "not_found", "require_admin", "setup"]
 
-PAGES = (signin, status, account, security, api_accounts, pending)
+PAGES = (signin, status, account, users, security, cluster, api_accounts, pending)
 
 
 def setup(app: web.Application) -> None:
