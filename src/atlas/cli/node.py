@@ -109,18 +109,3 @@ def certs_issue(
     except (certs.CertificateError, OSError) as exc:
         raise fail(str(exc)) from None
     out.print(f"Issued {cert} for {', '.join(names)}", highlight=False)
-
-
-def demo(
-    directory: Annotated[Path, typer.Option("--dir", help="Demo working directory")] = Path(
-        ".atlas-demo"
-    ),
-) -> None:
-    """Bring up the local demo and print the /login URL and admin credentials."""
-    from atlas.demo import standalone
-
-    setup_logging("warning")
-    try:
-        standalone.run(directory, say=out.print)
-    except (InitError, ServeError) as exc:
-        raise fail(str(exc)) from None

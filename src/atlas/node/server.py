@@ -1,27 +1,38 @@
-"""``atlas serve``: HTTPS on the public address (and the internal one where it differs)."""
+"""``atlas serve``: HTTPS on the public address (and the internal one where it differs).
+
+An optional **anycast listener** (design section 9: "Anycast is stood in for by traffic
+nodes sharing one loopback address"): with ``ATLAS_ANYCAST_LISTEN=ip:port`` in its
+environment the node also serves the same application on that shared address, bound
+with ``SO_REUSEPORT`` so that several nodes can bind it at once and the kernel spreads
+new connections over them. Its certificate must cover the TLS name the ``anycast``
+method hands out with the address (``selection.anycast_tls_name``). Unset or empty: no
+anycast listener.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import ipaddress
 import logging
 import os
 import signal
 import ssl
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from aiohttp import web
 
 from atlas.net.tls import server_context
 from atlas.node.app import build_app
-from atlas.node.datadir import DataDir, DataDirError
+from atlas.node.datadir import DataDir, DataDirError, HostPort
 from atlas.node.runtime import Node
 
 log = logging.getLogger("atlas.serve")
 
 LISTEN_BACKLOG = 4096
 SHUTDOWN_TIMEOUT = 10.0
+ANYCAST_ENV = "ATLAS_ANYCAST_LISTEN"
 
 
 class ServeError(RuntimeError):
@@ -36,6 +47,33 @@ def _bindings(node: Node) -> list[tuple[str, int]]:
     return out
 
 
+def anycast_binding(environ: Mapping[str, str] | None = None) -> tuple[str, int] | None:
+    """The shared ``(ip, port)`` from ``ATLAS_ANYCAST_LISTEN``, or None when unset."""
+    text = (os.environ if environ is None else environ).get(ANYCAST_ENV, "").strip()
+    if not text:
+        return None
+    try:
+        address = HostPort.parse(text)
+        ipaddress.ip_address(address.host)
+    except ValueError as exc:
+        raise ServeError(
+            f"{ANYCAST_ENV}={text!r}: expected the shared IP address and port to bind, "
+            f"as ip:port such as 127.0.2.100:8443 ({exc})"
+        ) from None
+    return address.host, address.port
+
+
+async def _start_site(site: web.TCPSite, host: str, port: int) -> None:
+    try:
+        await site.start()
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            raise ServeError(f"{host}:{port} is already in use by another process") from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ServeError(f"{host} is not an address of this machine") from None
+        raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+
+
 async def serve(
     root: Path,
     *,
@@ -45,6 +83,7 @@ async def serve(
 ) -> None:
     """Run the node until ``stop`` is set or SIGINT/SIGTERM arrives; then shut down."""
     dd = DataDir(root)
+    anycast = anycast_binding()
     try:
         node = Node(root)
     except DataDirError as exc:
@@ -68,17 +107,16 @@ async def serve(
             site = web.TCPSite(
                 runner, host, port, ssl_context=ctx, backlog=LISTEN_BACKLOG, reuse_address=True
             )
-            try:
-                await site.start()
-            except OSError as exc:
-                if exc.errno == errno.EADDRINUSE:
-                    raise ServeError(
-                        f"{host}:{port} is already in use by another process"
-                    ) from None
-                if exc.errno == errno.EADDRNOTAVAIL:
-                    raise ServeError(f"{host} is not an address of this machine") from None
-                raise ServeError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+            await _start_site(site, host, port)
             log.info("listening", extra={"address": f"https://{host}:{port}"})
+        if anycast is not None:
+            host, port = anycast
+            site = web.TCPSite(
+                runner, host, port, ssl_context=ctx, backlog=LISTEN_BACKLOG,
+                reuse_address=True, reuse_port=True,
+            )
+            await _start_site(site, host, port)
+            log.info("listening (anycast, shared)", extra={"address": f"https://{host}:{port}"})
         dd.pid_file.write_text(f"{os.getpid()}\n")
         log.info(
             "node ready",
