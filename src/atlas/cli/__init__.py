@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import typer
 
-from atlas.cli import accounts, cluster, demo, node, users
+from atlas.cli import accounts, clients, cluster, demo, node, users
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Atlas remote-support cluster.")
 app.command("init")(node.init)
 app.command("serve")(node.serve_cmd)
 app.add_typer(demo.app, name="demo")
 app.add_typer(node.certs_app, name="certs")
+app.add_typer(accounts.app, name="api-account")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(users.app, name="user")
-app.add_typer(accounts.app, name="api-account")
+app.command("customer")(clients.customer)
+app.command("rep")(clients.rep)
 
 
 def main() -> None:

@@ -20,7 +20,10 @@ FEATURES: tuple[str, ...] = (
     "atlas.web.login",
     "atlas.node.internal_api",
     "atlas.node.health_monitor",
+    "atlas.broker.service",  # the master's broker (creates the stream signing key)
     "atlas.relay.endpoint",
+    "atlas.relay.reporting",  # stream connections reported to the master
+    "atlas.web.control_ws",  # GET /client/control
 )
 
 MAX_REQUEST_BYTES = 4 * 1024 * 1024

@@ -246,6 +246,10 @@ def _signed(inner: Inner) -> Callable[[web.Request], Awaitable[web.Response]]:
     return handler
 
 
+signed = _signed
+"""Public name of the signature guard, for features adding their own internal routes."""
+
+
 def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
@@ -293,6 +297,7 @@ async def _sync(
     master_guid = _field(master_data, "guid", str)
     master_name = _field(master_data, "name", str)
     master_internal = _field(master_data, "internal", str)
+    stream_keys = _stream_keys(data)
     if version != node.software_version:
         raise Refusal(
             409, "version_mismatch",
@@ -359,12 +364,47 @@ async def _sync(
         history.record(
             db, f"Data Sync: Applied configuration revision {revision} from {master_name}."
         )
+    if stream_keys:
+        _trust_stream_keys(request.app, node, stream_keys)
     return {
         "revision": revision,
         "guid": node.identity.guid,
         "name": node.identity.name,
         "version": node.software_version,
     }
+
+
+def _stream_keys(data: dict[str, Any]) -> list[bytes]:
+    """The master's stream-token public keys in a sync request (optional; PEM)."""
+    from atlas.broker.stream_tokens import MAX_KEYS, public_key_from_pem
+
+    raw = data.get("stream_keys", [])
+    if not isinstance(raw, list) or len(raw) > MAX_KEYS or not all(
+        isinstance(k, str) and len(k) < 4096 for k in raw
+    ):
+        raise Refusal(400, "bad_request", "'stream_keys' must be a short list of PEM keys")
+    keys = [k.encode() for k in raw]
+    for pem in keys:
+        try:
+            public_key_from_pem(pem)
+        except ValueError as exc:
+            raise Refusal(400, "bad_request", f"'stream_keys': {exc}") from None
+    return keys
+
+
+def _trust_stream_keys(app: web.Application, node: Node, pems: list[bytes]) -> None:
+    """Keep the master's keys in the data directory and in the running relay at once."""
+    from atlas.broker.stream_tokens import load_trusted_keys, save_trusted_keys
+    from atlas.relay.endpoint import RELAY
+
+    keyring = load_trusted_keys(node.datadir)
+    for pem in pems:
+        keyring.add_pem(pem)
+    save_trusted_keys(node.datadir, keyring)
+    relay = app.get(RELAY)
+    if relay is not None:
+        for pem in pems:
+            relay.keyring.add_pem(pem)
 
 
 async def _health(
@@ -455,4 +495,13 @@ def setup(app: web.Application) -> None:
     app.router.add_post(f"{PREFIX}/disable", _signed(_disable))
 
 
-__all__ = ["INTERNAL", "PREFIX", "InternalState", "LoadCounters", "load_counters", "setup"]
+__all__ = [
+    "INTERNAL",
+    "PREFIX",
+    "InternalState",
+    "LoadCounters",
+    "Refusal",
+    "load_counters",
+    "setup",
+    "signed",
+]

@@ -194,6 +194,16 @@ def master_entry(node: Node, config: ClusterConfig) -> dict[str, str]:
     }
 
 
+def stream_public_keys(node: Node) -> list[str]:
+    """The master's stream-token public key(s) as PEM, for traffic nodes to verify
+    stream tokens with (DESIGN.md §2: "traffic nodes hold only the public key, received
+    through data sync"). The signing key is created here if it does not exist yet."""
+    from atlas.broker.stream_tokens import load_or_create_signer
+
+    signer = load_or_create_signer(node.datadir, issuer=node.identity.guid)
+    return [signer.public_key_pem().decode()]
+
+
 def sync_payload(
     node: Node, config: ClusterConfig, document: str, target: TrafficNode
 ) -> dict[str, Any]:
@@ -203,6 +213,7 @@ def sync_payload(
         "target": target.name,
         "master": master_entry(node, config),
         "version": node.software_version,
+        "stream_keys": stream_public_keys(node),
     }
 
 
@@ -366,6 +377,7 @@ __all__ = [
     "SyncStatus",
     "failure_message",
     "node_label",
+    "stream_public_keys",
     "sync_now",
     "sync_status",
 ]

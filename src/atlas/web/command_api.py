@@ -419,6 +419,7 @@ async def check_health(request: web.Request, params: Mapping[str, str]) -> ET.El
 # Modules whose import registers further actions (feature by feature).
 ACTION_MODULES: tuple[str, ...] = (
     "atlas.web.command_cluster",
+    "atlas.web.command_sessions",
 )
 
 

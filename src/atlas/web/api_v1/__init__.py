@@ -38,6 +38,7 @@ TITLE = "Atlas API"
 ROUTE_MODULES: tuple[str, ...] = (
     "atlas.web.api_v1.node",
     "atlas.web.api_v1.cluster",
+    "atlas.web.api_v1.sessions",
 )
 
 OPENAPI_DOC: web.AppKey[dict[str, Any]] = web.AppKey("atlas_openapi", dict)

@@ -1,4 +1,6 @@
-"""Status → Information: what this node is and how long it has been up."""
+"""Status → Information: what this node is, how long it has been up, and its Connected
+Clients (guide, "Check Connections": on the master every online client with the nodes
+it is connected to; on a traffic node only those with an active session connection)."""
 
 from __future__ import annotations
 
@@ -24,7 +26,21 @@ async def information(request: web.Request) -> web.StreamResponse:
         request, "login/status.html", title="Status :: Information",
         identity=node.identity, version=node.software_version, role=role_of(node),
         started_at=node.started_at, uptime=now - node.started_at,
+        connected=connected_view(request.app) if _brokered(request.app) else None,
     )
+
+
+def _brokered(app: web.Application) -> bool:
+    from atlas.broker.service import BROKER
+    from atlas.relay.endpoint import RELAY
+
+    return BROKER in app or RELAY in app
+
+
+def connected_view(app: web.Application) -> object:
+    from atlas.broker.service import connected_view as view
+
+    return view(app)
 
 
 def setup(app: web.Application) -> None:
