@@ -114,3 +114,17 @@ def test_serves_internal_address_when_it_differs(tmp_path: Path) -> None:
                 assert json.loads(resp.read())["name"] == "t1"
     finally:
         node.stop()
+
+
+def test_second_serve_of_a_running_node_fails_and_keeps_its_pid_file(tmp_path: Path) -> None:
+    node = make_node(tmp_path).start()
+    try:
+        pid_file = node.data_dir / "atlas.pid"
+        before = pid_file.read_text()
+        result = subprocess.run([sys.executable, "-m", "atlas", "serve", str(node.data_dir)],
+                                capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and "already in use" in result.stderr
+        assert pid_file.read_text() == before
+        node.wait_healthy()
+    finally:
+        node.stop()

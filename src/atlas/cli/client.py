@@ -36,6 +36,7 @@ from urllib.parse import quote, quote_plus, urlsplit
 import aiohttp
 from pydantic import BaseModel, ValidationError
 
+from atlas.net.resolver import Resolver
 from atlas.net.tls import client_context
 
 ENV_URL = "ATLAS_URL"
@@ -185,8 +186,10 @@ def _describe_connection_error(exc: BaseException) -> str:
 class AtlasClient:
     """``async with AtlasClient(conn) as api: doc, etag = await api.get_cluster()``."""
 
-    def __init__(self, conn: Connection) -> None:
+    def __init__(self, conn: Connection, *, resolver: Resolver | None = None) -> None:
         self.conn = conn
+        # The project resolver: ATLAS_DNS (or the given resolver) names the DNS server.
+        self._resolver = resolver or Resolver.from_env()
         self._session: aiohttp.ClientSession | None = None
         self._token: str | None = None
 
@@ -194,7 +197,7 @@ class AtlasClient:
         ctx: ssl.SSLContext = client_context(self.conn.ca_file)
         self._session = aiohttp.ClientSession(
             base_url=self.conn.url,
-            connector=aiohttp.TCPConnector(ssl=ctx),
+            connector=aiohttp.TCPConnector(ssl=ctx, resolver=self._resolver.aiohttp_resolver()),
             timeout=aiohttp.ClientTimeout(total=self.conn.timeout),
         )
         return self

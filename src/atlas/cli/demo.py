@@ -172,8 +172,9 @@ def summary(demo: DemoCluster, snapshot: Snapshot, dir_arg: Path) -> Group:
         "",
         "[bold]Try it[/] in another terminal:",
         f"  # a representative in the US ({us.client_networks[0]})",
-        f"  atlas rep --site {lay.site_url} --username {rep.username} --password "
-        f"{q(rep.password)} --source-address {us.probe_address(10)} --tz-offset "
+        f"  ATLAS_PASSWORD={q(rep.password)} atlas rep --site {lay.site_url} "
+        f"--user {rep.username} --generate-key --accept-next "
+        f"--source-address {us.probe_address(10)} --tz-offset "
         f"{us.timezone} --ca-file {ca} --dns {dns}",
         f"  # a customer in Asia ({asia.client_networks[0]}), with a session key from the "
         "representative",

@@ -422,23 +422,6 @@ def stop_demo(root: Path, timeout: float = 2 * processes.STOP_TIMEOUT + 15) -> S
 # ---- talking to the cluster -------------------------------------------------------------------
 
 
-class ResolvingApiClient(AtlasClient):
-    """The CLI's API client, resolving the site's hostname through the demo DNS server."""
-
-    def __init__(self, conn: Connection, resolver: Resolver) -> None:
-        super().__init__(conn)
-        self._resolver = resolver
-
-    async def __aenter__(self) -> ResolvingApiClient:
-        self._session = aiohttp.ClientSession(
-            base_url=self.conn.url,
-            connector=aiohttp.TCPConnector(ssl=client_context(self.conn.ca_file),
-                                           resolver=self._resolver.aiohttp_resolver()),
-            timeout=aiohttp.ClientTimeout(total=self.conn.timeout),
-        )
-        return self
-
-
 @dataclass(frozen=True)
 class NodeView:
     """One row of the live table."""
@@ -490,7 +473,7 @@ class DemoCluster:
         self.dns_child: Child | None = None
         self.children: dict[str, Child] = {}
         self._http: aiohttp.ClientSession | None = None
-        self._api: ResolvingApiClient | None = None
+        self._api: AtlasClient | None = None
         self.resolver: Resolver | None = None
 
     # ---- start ------------------------------------------------------------------------
@@ -618,10 +601,10 @@ class DemoCluster:
         return Connection(url=self.layout.site_url, client_id=acc.client_id,
                           client_secret=acc.client_secret, ca_file=self.paths.ca_file)
 
-    async def api(self) -> ResolvingApiClient:
+    async def api(self) -> AtlasClient:
         if self._api is None:
             assert self.resolver is not None
-            client = ResolvingApiClient(self._connection(), self.resolver)
+            client = AtlasClient(self._connection(), resolver=self.resolver)
             self._api = await client.__aenter__()
         return self._api
 
@@ -933,7 +916,6 @@ __all__ = [
     "DemoPaths",
     "DemoUi",
     "NodeView",
-    "ResolvingApiClient",
     "Snapshot",
     "StopReport",
     "UsageProblem",

@@ -100,6 +100,7 @@ async def serve(
         loop.add_signal_handler(sig, stop.set)
 
     app = build_app(node)
+    wrote_pid = False
     runner = web.AppRunner(app, handle_signals=False, shutdown_timeout=shutdown_timeout)
     await runner.setup()
     try:
@@ -118,6 +119,7 @@ async def serve(
             await _start_site(site, host, port)
             log.info("listening (anycast, shared)", extra={"address": f"https://{host}:{port}"})
         dd.pid_file.write_text(f"{os.getpid()}\n")
+        wrote_pid = True
         log.info(
             "node ready",
             extra={"node": node.identity.name, "guid": node.identity.guid,
@@ -131,6 +133,7 @@ async def serve(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
         await asyncio.wait_for(runner.cleanup(), shutdown_timeout + 5)
-        dd.pid_file.unlink(missing_ok=True)
+        if wrote_pid:  # a second serve that failed to bind must not remove the first's
+            dd.pid_file.unlink(missing_ok=True)
         node.close()
         log.info("stopped")

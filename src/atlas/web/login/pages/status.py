@@ -7,6 +7,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from atlas.node.app import NODE
+from atlas.node.roles import current_role
+from atlas.node.runtime import Node
 from atlas.web.login.guard import add_page
 from atlas.web.login.state import LOGIN_STATE
 from atlas.web.rendering import render
@@ -14,9 +16,9 @@ from atlas.web.rendering import render
 PATH = "/login/status/information"
 
 
-def role_of(_node: object) -> str:
-    """The node's cluster role; ``standalone`` until cluster membership exists."""
-    return "standalone"
+def role_of(node: Node) -> str:
+    """The node's cluster role: standalone, primary, backup or traffic."""
+    return current_role(node.db).value
 
 
 async def information(request: web.Request) -> web.StreamResponse:
