@@ -270,3 +270,21 @@ async def test_status_and_leaving_by_hand(world: InProcessCluster) -> None:
     assert report.ok  # a node already standalone answers the notice all the same
     assert roles.current_role(t2.node.db) is Role.STANDALONE
     assert config_store.load(t2.node.db) is None
+
+
+async def test_last_data_sync_is_recorded_for_check_health(world: InProcessCluster) -> None:
+    t1 = await world.traffic("t1")
+    t2 = await world.traffic("t2")
+    master = world.master()
+    cluster.create_cluster(master, SITE, traffic_nodes=entries(t1, t2))
+    assert master.db.get_setting("last_data_sync_time") is None
+    assert (await cluster.sync_now(master)).ok
+    assert master.db.get_setting("last_data_sync_status") == "success"
+    assert t1.node.db.get_setting("last_data_sync_status") == (
+        "applied revision 1 from master1"
+    )
+    await world.stop("t2")
+    report = await cluster.sync_now(master)
+    assert not report.ok
+    assert master.db.get_setting("last_data_sync_status") == report.summary
+    assert float(master.db.get_setting("last_data_sync_time") or 0) > 0

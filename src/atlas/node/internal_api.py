@@ -10,8 +10,11 @@ request's nonce, errors included, so the caller can trust the reason it reads.
 Endpoints:
 
 * ``POST /internal/v1/sync`` — a master pushes the whole configuration document
-  (guide: "Perform a … Data-Sync"). The node refuses another software version
-  (``version_mismatch``), validates the document, applies it atomically and becomes a
+  (guide: "Perform a … Data-Sync") and its API and representative accounts. The node
+  refuses another software version (``version_mismatch``), validates the document and
+  the accounts (a malformed account set refuses the whole sync, reason ``accounts``),
+  applies both in one transaction — its own accounts are replaced by the master's: a
+  standalone node that joins takes the master's as authoritative — and becomes a
   traffic node if it was standalone (:mod:`atlas.node.roles`).
 * ``GET /internal/v1/health`` — what the master's health monitor reads.
 * ``POST /internal/v1/accepting`` — the one-flag fast path for draining (guide:
@@ -47,7 +50,8 @@ from atlas.protocol.signing import (
     VerifiedRequest,
     Verifier,
 )
-from atlas.store import config_store, history
+from atlas.store import account_sync, config_store, history
+from atlas.store.account_sync import AccountSets, InvalidAccounts
 from atlas.store.config_store import InvalidDocument
 
 log = logging.getLogger("atlas.internal")
@@ -343,6 +347,7 @@ async def _sync(
                 f"traffic node {target!r} is appliance {entry.guid}; this is "
                 f"{node.identity.guid}",
             )
+        accounts = await asyncio.to_thread(_accounts, data)
         master = MasterIdentity(
             site_hostname=config.site_hostname, name=master_name, guid=master_guid,
             internal=master_internal,
@@ -351,6 +356,7 @@ async def _sync(
         def apply() -> None:
             config_store.apply_synced(
                 db, document, revision, author=f"data sync from {master_name}", parsed=config,
+                accounts=accounts,
                 then=lambda: roles.transition(
                     db, RoleEvent.ACCEPT_SYNC, master=master, member=target
                 ),
@@ -366,12 +372,23 @@ async def _sync(
         )
     if stream_keys:
         _trust_stream_keys(request.app, node, stream_keys)
+    # check_health / /api/v1/health report when this node last took a data sync.
+    db.set_setting("last_data_sync_time", str(int(time.time())))
+    db.set_setting("last_data_sync_status", f"applied revision {revision} from {master_name}")
     return {
         "revision": revision,
         "guid": node.identity.guid,
         "name": node.identity.name,
         "version": node.software_version,
     }
+
+
+def _accounts(data: dict[str, Any]) -> AccountSets:
+    """The master's account sets in a sync request, validated (a Refusal if malformed)."""
+    try:
+        return account_sync.parse_accounts(data.get("accounts"))
+    except InvalidAccounts as exc:
+        raise Refusal(422, "accounts", str(exc)) from None
 
 
 def _stream_keys(data: dict[str, Any]) -> list[bytes]:

@@ -17,6 +17,14 @@ Status history rows, in the guide's words; a node is named ``<name> (<host:port>
 
 A node that was offline keeps its old revision, is named in a failure row, and gets
 the latest document at the next sync (every sync pushes the whole document).
+
+Beside the document every payload carries the master's full API and representative
+account sets (:mod:`atlas.store.account_sync`: hashes, never secrets), which the node
+applies in the same transaction; the master records the digest of the sets each node
+acknowledged, so an account change raises "sync needed" like a document change. Only
+the primary master pushes (:func:`sync_now` requires the role), so accounts flow from
+the master to traffic nodes only; joining a cluster makes the master's accounts
+authoritative on the joining node.
 """
 
 from __future__ import annotations
@@ -43,7 +51,8 @@ from atlas.node.peers import (
 )
 from atlas.node.roles import Role
 from atlas.node.runtime import Node
-from atlas.store import config_store, history
+from atlas.store import account_sync, config_store, history
+from atlas.store.account_sync import AccountSets
 
 DEFAULT_NODE_TIMEOUT = 30.0
 
@@ -205,8 +214,12 @@ def stream_public_keys(node: Node) -> list[str]:
 
 
 def sync_payload(
-    node: Node, config: ClusterConfig, document: str, target: TrafficNode
+    node: Node, config: ClusterConfig, document: str, target: TrafficNode,
+    accounts: AccountSets | None = None,
 ) -> dict[str, Any]:
+    """The body of ``POST /internal/v1/sync``; ``accounts`` defaults to this node's."""
+    if accounts is None:
+        accounts = account_sync.export_accounts(node.db)
     return {
         "revision": config.revision,
         "document": document,
@@ -214,6 +227,7 @@ def sync_payload(
         "master": master_entry(node, config),
         "version": node.software_version,
         "stream_keys": stream_public_keys(node),
+        "accounts": accounts.as_json(),
     }
 
 
@@ -225,11 +239,14 @@ async def push_to_node(
     target: TrafficNode,
     *,
     timeout: float,
+    accounts: AccountSets | None = None,
 ) -> dict[str, Any]:
-    """Push the document to one traffic node; its verified answer or a PeerError."""
+    """Push the document (and ``accounts``, default this node's) to one traffic node;
+    its verified answer or a PeerError."""
     answer = await peers.call(
         target.internal_address(), "POST", f"{PREFIX}/sync",
-        sync_payload(node, config, document, target), timeout=timeout, peer=target.name,
+        sync_payload(node, config, document, target, accounts), timeout=timeout,
+        peer=target.name,
     )
     if answer.get("revision") != config.revision:
         raise PeerBadResponse(
@@ -284,6 +301,8 @@ async def _run(
 ) -> SyncReport:
     db = node.db
     document = config.canonical_json()
+    accounts = account_sync.export_accounts(db)
+    accounts_digest = accounts.digest
     started = time.time()
     status = state.status = SyncStatus(
         running=True, revision=config.revision, started_at=started,
@@ -311,7 +330,8 @@ async def _run(
                               status.done, len(targets)))
         t0 = time.monotonic()
         try:
-            answer = await push_to_node(peers, node, config, document, target, timeout=timeout)
+            answer = await push_to_node(peers, node, config, document, target,
+                                        timeout=timeout, accounts=accounts)
         except PeerError as exc:
             message = failure_message(label, target.name, exc)
             version = exc.peer_version if isinstance(exc, PeerVersionMismatch) else None
@@ -338,7 +358,7 @@ async def _run(
             )
         config_store.record_ack(
             db, target.name, revision=config.revision, guid=guid, reported_name=name,
-            version=version,
+            version=version, accounts_digest=accounts_digest,
         )
         history.record(db, f"Data Sync: Finished configuration data sync with {label}.")
         progress(SyncProgress(target.name, address, NodeSyncState.FINISHED,
@@ -357,6 +377,9 @@ async def _run(
         status.running = False
         status.finished_at = time.time()
     report = SyncReport(config.revision, started, status.finished_at, tuple(results))
+    # check_health / /api/v1/health report when the master last synced, and how it went.
+    db.set_setting("last_data_sync_time", str(int(status.finished_at)))
+    db.set_setting("last_data_sync_status", "success" if report.ok else report.summary)
     if report.ok:
         history.record(db, "Data Sync: Finished data sync with traffic nodes.")
     else:

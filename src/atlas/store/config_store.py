@@ -9,7 +9,11 @@ pushed (a traffic node's rows mirror its master's revision numbers; a row left f
 earlier cluster under the same number is replaced).
 
 On the master, :func:`sync_needed` compares the current revision with what every traffic
-node acknowledged (``node_status``, written by :mod:`atlas.node.sync`). Decision on the
+node acknowledged (``node_status``, written by :mod:`atlas.node.sync`), and the digest of
+the API and representative accounts (:mod:`atlas.store.account_sync`, which data sync
+carries beside the document) with the digest each node acknowledged: creating, revoking,
+editing, enabling or disabling an account raises "sync needed" for every traffic node
+until its next successful sync. Decision on the
 Accepting New Client Connections flag (guide: "takes effect at once"): a revision that
 changes only one traffic node's ``accepting`` flag is saved as kind ``accepting`` and
 is pushed to that node at once through the one-flag fast path; it raises "sync needed"
@@ -37,6 +41,7 @@ from pydantic import ValidationError
 
 from atlas.model.config import ClusterConfig, TrafficNode
 from atlas.model.errors import describe_errors
+from atlas.store import account_sync
 from atlas.store.db import Database
 
 CURRENT_REVISION_KEY = "config.current_revision"
@@ -100,6 +105,7 @@ class NodeStatus:
     last_sync_status: int | None  # 0 ok, else failed (status history codes)
     last_error_reason: str | None
     last_error: str | None
+    acked_accounts_digest: str | None = None  # accounts it applied in a data sync
 
 
 # --- reading --------------------------------------------------------------------------
@@ -268,6 +274,7 @@ def _status_row(r: object) -> NodeStatus:
         last_sync_status=None if status is None else int(status),  # type: ignore[call-overload]
         last_error_reason=opt_str("last_error_reason"),
         last_error=opt_str("last_error"),
+        acked_accounts_digest=opt_str("acked_accounts_digest"),
     )
 
 
@@ -278,18 +285,23 @@ def node_statuses(db: Database) -> dict[str, NodeStatus]:
 
 def record_ack(
     db: Database, name: str, *, revision: int, guid: str, reported_name: str, version: str,
-    at: float | None = None,
+    at: float | None = None, accounts_digest: str | None = None,
 ) -> None:
-    """A traffic node applied ``revision`` in a full data sync."""
+    """A traffic node applied ``revision`` (and the accounts of ``accounts_digest``, when
+    given) in a full data sync."""
     db.execute(
         "INSERT INTO node_status(name, guid, reported_name, version, acked_revision, "
-        "last_sync_at, last_sync_status) VALUES (?, ?, ?, ?, ?, ?, 0) "
+        "last_sync_at, last_sync_status, acked_accounts_digest) "
+        "VALUES (?, ?, ?, ?, ?, ?, 0, ?) "
         "ON CONFLICT(name) DO UPDATE SET guid = excluded.guid, "
         "reported_name = excluded.reported_name, version = excluded.version, "
         "acked_revision = MAX(acked_revision, excluded.acked_revision), "
         "last_sync_at = excluded.last_sync_at, last_sync_status = 0, "
-        "last_error_reason = NULL, last_error = NULL",
-        (name, guid, reported_name, version, revision, time.time() if at is None else at),
+        "last_error_reason = NULL, last_error = NULL, "
+        "acked_accounts_digest = COALESCE(excluded.acked_accounts_digest, "
+        "acked_accounts_digest)",
+        (name, guid, reported_name, version, revision, time.time() if at is None else at,
+         accounts_digest),
     )
 
 
@@ -327,7 +339,8 @@ def nodes_needing_sync(db: Database) -> list[str]:
 
     A node needs a sync when an ``edit`` revision newer than its acknowledged one exists,
     or an ``accepting`` revision about it newer than both its acknowledged revision and
-    the last flag it confirmed.
+    the last flag it confirmed, or the accounts changed since it last acknowledged them
+    (a node with no digest recorded is taken to hold no accounts).
     """
     config = load(db)
     if config is None or not config.traffic_nodes:
@@ -341,10 +354,17 @@ def nodes_needing_sync(db: Database) -> list[str]:
         "WHERE revision > ? AND revision <= ? ORDER BY revision",
         (floor, current),
     )
+    accounts = account_sync.accounts_digest(db)
     out: list[str] = []
     for node in config.traffic_nodes:
         status = acks[node.name]
         acked = status.acked_revision if status else 0
+        acked_accounts = (status.acked_accounts_digest if status else None) or (
+            account_sync.EMPTY_DIGEST
+        )
+        if acked_accounts != accounts:
+            out.append(node.name)
+            continue
         flag_acked = max(acked, status.accepting_revision if status else 0)
         for change in changes:
             revision = int(change["revision"])
@@ -401,13 +421,16 @@ def apply_synced(
     then: Callable[[], object] | None = None,
     author: str = "data sync",
     parsed: ClusterConfig | None = None,
+    accounts: account_sync.AccountSets | None = None,
 ) -> ClusterConfig:
     """Make a document pushed by the master current, atomically or not at all.
 
     Validates first (:class:`InvalidDocument`); then one transaction stores the row,
-    moves the current pointer, drops an accepting flag the document supersedes, and runs
-    ``then`` (e.g. the role change), so a failure or crash anywhere leaves the previous
-    revision current. ``parsed`` skips validating again a document the caller already
+    replaces the accounts with ``accounts`` (the master's sets, already validated with
+    :func:`account_sync.parse_accounts`; None leaves them), moves the current pointer,
+    drops an accepting flag the document supersedes, and runs ``then`` (e.g. the role
+    change), so a failure or crash anywhere leaves the previous revision and the
+    previous accounts. ``parsed`` skips validating again a document the caller already
     checked with :func:`parse_pushed`.
     """
     config = parsed if parsed is not None else parse_pushed(document_json, revision)
@@ -420,6 +443,8 @@ def apply_synced(
             "kind, subject) VALUES (?, ?, ?, ?, ?, NULL)",
             (revision, text, time.time(), author, RevisionKind.SYNCED.value),
         )
+        if accounts is not None:
+            account_sync.replace_accounts(db, accounts)
         _fault_point()
         db.set_setting(CURRENT_REVISION_KEY, str(revision))
         override = _accepting_override(db)

@@ -94,4 +94,12 @@ MIGRATIONS: list[tuple[int, str]] = [
         );
         """,
     ),
+    (
+        4,
+        # Accounts in data sync (atlas.store.account_sync): the digest of the account sets
+        # each traffic node acknowledged (NULL: none recorded, taken as no accounts).
+        """
+        ALTER TABLE node_status ADD COLUMN acked_accounts_digest TEXT;
+        """,
+    ),
 ]
