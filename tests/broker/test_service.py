@@ -23,7 +23,11 @@ from atlas.broker.service import (
     RepAccount,
     StaticTopology,
 )
-from atlas.broker.session_keys import SessionKeyRequestError
+from atlas.broker.session_keys import (
+    DEFAULT_TTL_SECONDS,
+    SessionKeyRequestError,
+    SessionKeyStore,
+)
 from atlas.broker.stream_tokens import (
     StreamKeyring,
     StreamSigner,
@@ -54,6 +58,7 @@ from atlas.protocol.control import (
     EndSession,
     Error,
     ErrorCode,
+    GenerateSessionKey,
     Hello,
     HomeNodeDirective,
     MasterControlConnection,
@@ -64,6 +69,7 @@ from atlas.protocol.control import (
     ReportHome,
     SessionAccepted,
     SessionEnded,
+    SessionKeyIssued,
     SessionQueued,
     SessionStarted,
     ShowMyScreen,
@@ -348,6 +354,15 @@ async def test_version_check_when_required() -> None:
     assert link.master.state is State.CLOSED
 
 
+@pytest.mark.parametrize(("port", "authority"), [
+    (443, "support.example.test"), (8443, "support.example.test:8443")])
+def test_key_url_is_on_the_primarys_public_port(port: int, authority: str) -> None:
+    world = make_world(TWO_REGIONS)
+    world.topology.master = dataclasses.replace(master_ref(), port=port)
+    reply = world.broker.issue_session_key("general", 300)
+    assert reply.key_url == f"https://{authority}/s/{reply.short_key}"
+
+
 def test_issue_session_key_checks_the_queue() -> None:
     world = make_world()
     with pytest.raises(SessionKeyRequestError):
@@ -423,11 +438,18 @@ async def test_full_session_across_two_traffic_nodes() -> None:
     # the customer publishes its screen on its own home node …
     (publish,) = cstart.streams
     assert publish.node.guid == "guid-emea" and publish.direction is StreamDirection.PUBLISH
-    # … the representative receives it from the customer's home node, publishing nothing
-    (view,) = rstart.streams
+    # … the representative receives it from the customer's home node, and connects to
+    # its own home node too: a standby publisher of its screen (guide: "connected to the
+    # master, its own home traffic node, and the customer's home traffic node")
+    view, own = rstart.streams
     assert view.node.guid == "guid-emea" and view.direction is StreamDirection.SUBSCRIBE
     assert view.stream is StreamKind.CUSTOMER_SCREEN
+    assert (own.node.guid, own.direction, own.stream) == (
+        "guid-us", StreamDirection.PUBLISH, StreamKind.REPRESENTATIVE_SCREEN)
     ring, now = world.keyring(), world.clock()
+    assert ring.verify(own.token, node_guid="guid-us", now=now, session=sid,
+                       stream="screen:representative", direction="publish"
+                       ).participant == rep.id
     grant = ring.verify(publish.token, node_guid="guid-emea", now=now, session=sid,
                         stream="screen:customer", direction="publish")
     assert grant.participant == customer.id
@@ -454,22 +476,27 @@ async def test_full_session_across_two_traffic_nodes() -> None:
     assert registry.home_node(rep.id).name == "us"  # type: ignore[union-attr]
     assert world.broker.session_count() == 1
 
-    # Show My Screen: the rep publishes on its home node, the customer views it there
+    # Show My Screen: the rep sends on the publisher it holds; only the customer is
+    # granted a view of it on the rep's home node (and never a publish)
     await rep.say(ShowMyScreen(session_id=sid, on=True))
-    rep_grant = rep.link.one(StreamGranted).grant
+    assert rep.link.take(StreamGranted) == []
     cust_grant = customer.link.one(StreamGranted).grant
-    assert (rep_grant.node.guid, rep_grant.direction) == ("guid-us", StreamDirection.PUBLISH)
     assert (cust_grant.node.guid, cust_grant.direction) == ("guid-us",
                                                             StreamDirection.SUBSCRIBE)
-    assert rep_grant.stream is cust_grant.stream is StreamKind.REPRESENTATIVE_SCREEN
-    ring.verify(cust_grant.token, node_guid="guid-us", now=now, session=sid,
-                stream="screen:representative", direction="subscribe")
+    assert cust_grant.stream is StreamKind.REPRESENTATIVE_SCREEN
+    assert ring.verify(cust_grant.token, node_guid="guid-us", now=now, session=sid,
+                       stream="screen:representative", direction="subscribe"
+                       ).participant == customer.id
+    with pytest.raises(WrongDirection):
+        ring.verify(cust_grant.token, node_guid="guid-us", now=now, direction="publish")
     await rep.say(ShowMyScreen(session_id=sid, on=True))
     assert rep.link.one(Error).code is ErrorCode.NOT_ALLOWED  # already on
+    assert customer.link.take(StreamGranted) == []
     await customer.say(EndSession(session_id="nope"))
     assert customer.link.one(Error).code is ErrorCode.SESSION_NOT_FOUND
+    # off: the customer's view is revoked; the rep keeps its standby publisher
     await rep.say(ShowMyScreen(session_id=sid, on=False))
-    assert rep.link.one(StreamRevoked).stream is StreamKind.REPRESENTATIVE_SCREEN
+    assert rep.link.take(StreamRevoked) == []
     assert customer.link.one(StreamRevoked).stream is StreamKind.REPRESENTATIVE_SCREEN
 
     # chat reaches every participant
@@ -734,3 +761,72 @@ async def test_a_reset_of_the_masters_own_relay_keeps_control_connections() -> N
     roles = [c.role for c in world.broker.registry.get(customer.id).connections]  # type: ignore[union-attr]
     assert roles == [ConnectionRole.PRIMARY]
     assert rep.id in world.broker.registry
+
+
+# --- session keys from the representative console -------------------------------------
+
+
+async def test_a_representative_generates_a_key_for_its_personal_queue() -> None:
+    world = make_world()
+    alice = await world.rep("alice")
+    await alice.say(GenerateSessionKey())
+    issued = alice.link.one(SessionKeyIssued)
+    assert issued.queue_id == "rep:1"
+    assert len(issued.short_key) == 7 and issued.short_key.isdigit()
+    assert issued.key_url == f"https://support.example.test/s/{issued.short_key}"
+    assert issued.expires == int(T0) + DEFAULT_TTL_SECONDS
+    assert world.broker.keys.get(issued.short_key).created_by == "rep:alice"  # type: ignore[union-attr]
+    # the customer who uses it waits in Alice's personal queue, and she takes the session
+    customer = await world.connect(ClientKind.SUPPORT_CUSTOMER, "10.1.0.9", "cust-pc")
+    await customer.say(AuthCustomer(session_key=issued.short_key))
+    customer.link.one(Welcome)
+    assert customer.link.one(SessionQueued).queue_id == "rep:1"
+    assert alice.link.one(Queue).entries[0].queue_id == "rep:1"
+    await alice.say(AcceptNext())
+    assert alice.link.one(SessionAccepted).customer_hostname == "cust-pc"
+
+
+async def test_a_representative_may_name_a_queue_it_sees_and_a_ttl() -> None:
+    world = make_world()
+    alice = await world.rep("alice")
+    for queue in ("general", "rep:1", "rep_username:alice"):
+        await alice.say(GenerateSessionKey(queue_id=queue, ttl=300))
+        issued = alice.link.one(SessionKeyIssued)
+        assert (issued.queue_id, issued.expires) == (queue, int(T0) + 300)
+
+
+@pytest.mark.parametrize(("request_", "code", "words"), [
+    (GenerateSessionKey(ttl=5), ErrorCode.BAD_REQUEST, "ttl: 5 seconds: expected 60 to"),
+    (GenerateSessionKey(ttl=10**9), ErrorCode.BAD_REQUEST, "ttl: 1000000000 seconds"),
+    (GenerateSessionKey(ttl=-1), ErrorCode.BAD_REQUEST, "ttl: -1 seconds"),
+    (GenerateSessionKey(queue_id="team:3"), ErrorCode.BAD_REQUEST,
+     "queue_id: 'team:3': expected general, rep:<id> or rep_username:<username>"),
+    (GenerateSessionKey(queue_id="rep:x"), ErrorCode.BAD_REQUEST, "a representative id is"),
+    (GenerateSessionKey(queue_id="rep:2"), ErrorCode.NOT_ALLOWED,
+     "you can generate keys only for the queues you see: general, rep:1, rep_username:alice"),
+    (GenerateSessionKey(queue_id="rep_username:bob"), ErrorCode.NOT_ALLOWED, "queues you see"),
+])
+async def test_a_refused_key_request_is_an_error_and_the_console_stays(
+        request_: GenerateSessionKey, code: ErrorCode, words: str) -> None:
+    world = make_world()
+    alice = await world.rep("alice")
+    await alice.say(request_)
+    error = alice.link.one(Error)
+    assert error.code is code
+    assert words in error.message
+    assert alice.link.inbox == [] and alice.link.closed is None
+    assert alice.link.master.state is alice.link.client.state is State.AUTHENTICATED
+    assert len(world.broker.keys) == 0
+    await alice.say(QueueList())
+    assert alice.link.one(Queue).total == 0
+
+
+async def test_a_full_key_store_says_try_later() -> None:
+    world = make_world()
+    world.broker.keys = SessionKeyStore(max_keys=1)
+    alice = await world.rep("alice")
+    await alice.say(GenerateSessionKey())
+    alice.link.one(SessionKeyIssued)
+    await alice.say(GenerateSessionKey())
+    error = alice.link.one(Error)
+    assert error.code is ErrorCode.SERVER_BUSY and "outstanding" in error.message

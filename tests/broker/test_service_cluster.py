@@ -39,6 +39,8 @@ from atlas.protocol.control import (
     SessionEnded,
     SessionQueued,
     SessionStarted,
+    StreamDirection,
+    StreamKind,
     Welcome,
 )
 from atlas.relay.client import publish, stream_url, subscribe
@@ -166,6 +168,12 @@ async def test_session_on_a_traffic_node_reported_then_node_lost(
                                   cstart.streams[0].token, ssl=ssl)
         await publisher.send_key(b"screen")
         assert (await asyncio.wait_for(viewer.receive(), 10)).payload == b"screen"
+        # the console's own screen: a standby publisher on its home node, sending nothing
+        own = rstart.streams[1]
+        assert (own.stream, own.direction, own.node.guid) == (
+            StreamKind.REPRESENTATIVE_SCREEN, StreamDirection.PUBLISH, t1_guid)
+        standby = await publish(stream_url(t1.base, sid, "screen:representative", "publish"),
+                                own.token, ssl=ssl)
         # the master refuses the token meant for the traffic node
         with pytest.raises(Exception, match="403"):
             await publish(stream_url(master.base, sid, "screen:customer", "publish"),
@@ -210,6 +218,7 @@ async def test_session_on_a_traffic_node_reported_then_node_lost(
         # the traffic node goes offline: the session ends, to be restarted
         await publisher.close()
         await viewer.close()
+        await standby.close()
         await t1.stop()
         for who in (customer, rep):
             ended = await who.expect(SessionEnded, timeout=15)

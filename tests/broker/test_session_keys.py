@@ -144,6 +144,17 @@ def test_issue_and_reply_shape() -> None:
     assert store.get("0421337") == key and len(store) == 1
 
 
+@pytest.mark.parametrize(("port", "url"), [
+    (443, "https://support.example.com/s/0421337"),
+    (8443, "https://support.example.com:8443/s/0421337"),
+    (80, "https://support.example.com:80/s/0421337"),
+])
+def test_key_url_names_the_primarys_port_unless_443(port: int, url: str) -> None:
+    key = SessionKeyStore(randbelow=lambda _: 421337).issue(GENERAL_QUEUE, T0)
+    assert key.key_url(SITE, port) == url
+    assert key.reply(SITE, port).key_url == url
+
+
 def test_redeem_once() -> None:
     store = SessionKeyStore()
     key = store.issue(GENERAL_QUEUE, T0)

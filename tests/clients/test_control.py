@@ -186,12 +186,16 @@ async def test_a_whole_session_is_brokered(broker: Broker,
     master_guid = broker.registry.master.guid
     assert cust_started.home_node.guid == rep_started.home_node.guid == master_guid
     (publish,) = cust_started.streams
-    (view,) = rep_started.streams
+    view, own = rep_started.streams
     assert (publish.stream, publish.direction) == (StreamKind.CUSTOMER_SCREEN,
                                                     StreamDirection.PUBLISH)
     assert (view.stream, view.direction) == (StreamKind.CUSTOMER_SCREEN,
                                               StreamDirection.SUBSCRIBE)
     assert view.node == cust_started.home_node  # watch on the publisher's home node
+    # the console's own screen, on its own home node (on standby until Show My Screen)
+    assert (own.stream, own.direction) == (StreamKind.REPRESENTATIVE_SCREEN,
+                                            StreamDirection.PUBLISH)
+    assert own.node == rep_started.home_node
 
 
 async def test_reconnects_after_the_master_drops_it(

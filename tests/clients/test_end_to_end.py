@@ -10,6 +10,7 @@ saved frames (each JPEG's comment carries the publisher's frame counter).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -24,12 +25,26 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from atlas.clients.screen import TestPattern
 from atlas.clients.screen_codec import parse_comment
+from atlas.clients.streams import (
+    FrameReceived,
+    FrameSent,
+    ScreenPublisher,
+    StreamDown,
+    StreamFinished,
+    StreamUp,
+    StreamViewer,
+)
 from atlas.node.datadir import DataDir
+from atlas.protocol.control import StreamDirection
+from atlas.protocol.frames import CloseCode
 from atlas.store import representatives as reps
 from atlas.store.api_accounts import Permission, create_account
 from atlas.store.db import Database
+from tests.clients.test_streams import FAST, Events, network, target
 from tests.conftest import NodeFactory, RunningNode
+from tests.relay.conftest import StartRelay
 
 pytestmark = [pytest.mark.timeout(180)]
 REP_PASSWORD = "rep password 12345"
@@ -135,10 +150,20 @@ def test_a_session_end_to_end(site: Site, tmp_path: Path) -> None:
     (started,) = of(rep_events, "started")
     assert started["home_node"]["guid"] == guid  # standalone: the master is the node
     assert {n["guid"] for n in started["nodes_in_use"]} == {guid}
-    assert started["streams"] == [{"stream": "screen:customer", "direction": "subscribe",
-                                   "node": "master1", "node_guid": guid}]
+    # it views the customer's screen and holds its own publisher on its home node, on
+    # standby: without Show My Screen it never sends a frame
+    assert started["streams"] == [
+        {"stream": "screen:customer", "direction": "subscribe", "node": "master1",
+         "node_guid": guid},
+        {"stream": "screen:representative", "direction": "publish", "node": "master1",
+         "node_guid": guid}]
+    own = [e for e in of(rep_events, "stream") if e["stream"] == "screen:representative"]
+    assert [(e["direction"], e["state"]) for e in own] == [("publish", "connected")]
+    assert not [e for e in of(rep_events, "stats") + of(rep_events, "show_my_screen")
+                if e.get("direction") == "publish" or "on" in e]
     frames = of(rep_events, "frame")
     assert len(frames) == 30
+    assert all(f["direction"] == "subscribe" for f in frames)
     counters = [f["counter"] for f in frames]
     assert frames[0]["key"] and counters == list(range(counters[0], counters[0] + 30))
     assert [f["seq"] for f in frames] == list(range(frames[0]["seq"], frames[0]["seq"] + 30))
@@ -195,8 +220,20 @@ def test_show_my_screen(site: Site) -> None:
     assert len(watched) >= 5
     counters = [e["counter"] for e in watched]
     assert counters == list(range(counters[0], counters[0] + len(counters)))
-    streams = {(e["direction"], e["stream"], e["state"]) for e in of(rep_events, "stream")}
-    assert ("publish", "screen:representative", "connected") in streams
+    # the console connected its publisher once, at the start, and kept it after "off"
+    # (the session went on for 3 s more); the customer only ever viewed that stream
+    own = [(e["direction"], e["state"]) for e in of(rep_events, "stream")
+           if e["stream"] == "screen:representative"]
+    assert own == [("publish", "connected")]
+    (on, off) = of(rep_events, "show_my_screen")
+    assert on["node"]["name"] == of(rep_events, "started")[0]["home_node"]["name"]
+    theirs = {(e["direction"], e["stream"]) for e in of(cust_events, "stream")}
+    assert theirs == {("publish", "screen:customer"), ("subscribe", "screen:representative")}
+    # frames went out only while Show My Screen was on (after "off", at most the one or
+    # two already on their way; the session ran on for 3 s)
+    sent = [e for e in of(rep_events, "frame") if e["direction"] == "publish"]
+    assert len(sent) >= 5 and rep_events.index(on) < rep_events.index(sent[0])
+    assert len([e for e in sent if rep_events.index(e) > rep_events.index(off)]) <= 2
 
 
 @pytest.mark.parametrize(("args", "env_password", "code", "line"), [
@@ -241,3 +278,82 @@ def test_sigterm_leaves_cleanly(site: Site) -> None:
     # the master saw the customer go: the queue is empty again
     code, events, err = finish(rep(site, "--list-queue"))
     assert of(events, "queue")[0]["total"] == 0
+
+
+# --- the console's standby publisher, through a real relay -----------------------------
+
+
+async def test_a_standby_publisher_holds_its_node_and_sends_only_when_told(
+        start_relay: StartRelay) -> None:
+    """The representative's ``screen:representative`` publisher: connected from the
+    session's start (so its home node lists it) but sending nothing; a viewer that joins
+    before the first key frame waits; "on" sends from a key frame, "off" stops sending
+    and keeps the connection."""
+    relay = await start_relay()
+    sent, seen = Events(), Events()
+    opened: list[str] = []
+
+    def source() -> TestPattern:
+        opened.append("screen")
+        return TestPattern((160, 90))
+
+    publisher = ScreenPublisher(target(relay, StreamDirection.PUBLISH), network=network(relay),
+                                on_event=sent, source_factory=source, fps=30, policy=FAST,
+                                report_frames=True, sending=False)
+    viewer = StreamViewer(target(relay, StreamDirection.SUBSCRIBE, participant="cust"),
+                          network=network(relay), on_event=seen, decode=True, policy=FAST)
+    tasks = [asyncio.create_task(publisher.run())]
+    try:
+        await sent.wait(lambda: bool(sent.of(StreamUp)))
+        tasks.append(asyncio.create_task(viewer.run()))
+        await seen.wait(lambda: bool(seen.of(StreamUp)))
+        await asyncio.sleep(0.5)  # on standby: nothing sent, nothing opened, nothing seen
+        assert (sent.of(FrameSent), seen.of(FrameReceived), opened) == ([], [], [])
+        stats = relay.service.hub.stats()
+        assert (stats["publishers"], stats["subscribers"]) == (1, 1)
+
+        publisher.start_sending()
+        await seen.wait(lambda: len(seen.of(FrameReceived)) >= 5)
+        first = seen.of(FrameReceived)[0]
+        assert isinstance(first, FrameReceived) and first.key and first.counter == 1
+        assert opened == ["screen"]
+
+        publisher.pause_sending()
+        await asyncio.sleep(0.2)
+        count = len(sent.of(FrameSent))
+        await asyncio.sleep(0.5)
+        assert len(sent.of(FrameSent)) == count  # stopped …
+        assert not sent.of(StreamDown) and not sent.of(StreamFinished)  # … still connected
+        assert not seen.of(StreamDown)
+
+        publisher.start_sending()  # on again: a fresh key frame, the counter goes on
+        await sent.wait(lambda: len(sent.of(FrameSent)) >= count + 3)
+        again = sent.of(FrameSent)[count]
+        assert isinstance(again, FrameSent) and again.key and again.counter == count + 1
+        assert len(sent.of(StreamUp)) == 1  # one connection all along
+    finally:
+        publisher.stop()
+        viewer.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+    assert len(sent.of(StreamFinished)) == 1  # ended by us, when the session ended
+
+
+async def test_a_standby_publisher_reconnects_to_the_same_node(
+        start_relay: StartRelay) -> None:
+    """A node that ends the standby connection (it restarts): the publisher, sending
+    nothing, still notices and reconnects to the same node."""
+    relay = await start_relay()
+    sent = Events()
+    publisher = ScreenPublisher(target(relay, StreamDirection.PUBLISH), TestPattern((64, 48)),
+                                network=network(relay), on_event=sent, policy=FAST,
+                                sending=False)
+    task = asyncio.create_task(publisher.run())
+    try:
+        await sent.wait(lambda: bool(sent.of(StreamUp)))
+        relay.service.hub.close_all(CloseCode.GOING_AWAY, "the traffic node is restarting")
+        await sent.wait(lambda: len(sent.of(StreamUp)) == 2)
+        assert sent.of(StreamDown)
+        assert publisher.frames_sent == 0
+    finally:
+        publisher.stop()
+        await asyncio.wait_for(task, 20)

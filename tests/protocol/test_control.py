@@ -39,6 +39,7 @@ from atlas.protocol.control import (
     EndSession,
     Error,
     ErrorCode,
+    GenerateSessionKey,
     Hello,
     HomeNodeDirective,
     LocalProtocolError,
@@ -53,6 +54,7 @@ from atlas.protocol.control import (
     ReportHome,
     SessionAccepted,
     SessionEnded,
+    SessionKeyIssued,
     SessionQueued,
     SessionStarted,
     ShowMyScreen,
@@ -113,6 +115,11 @@ GOLDEN: list[tuple[AnyClientMessage | AnyMasterMessage, str]] = [
         ReportHome(node_guid="b2c3d4e5-0001"),
         '{"v":1,"type":"report_home","node_guid":"b2c3d4e5-0001"}',
     ),
+    (
+        GenerateSessionKey(queue_id="rep:12", ttl=3600),
+        '{"v":1,"type":"generate_session_key","queue_id":"rep:12","ttl":3600}',
+    ),
+    (GenerateSessionKey(), '{"v":1,"type":"generate_session_key","queue_id":null,"ttl":null}'),
     (
         Welcome(
             client_id="c-9f2a", epoch=3,
@@ -218,6 +225,13 @@ GOLDEN: list[tuple[AnyClientMessage | AnyMasterMessage, str]] = [
                                                tls_name="traffic.support.example.com")),
         '{"v":1,"type":"home_node_directive","target":{"method":"anycast",'
         '"address":"192.0.2.10","port":443,"tls_name":"traffic.support.example.com"}}',
+    ),
+    (
+        SessionKeyIssued(short_key="0421337", key_url="https://support.example.com/s/0421337",
+                         expires=1714564800, queue_id="rep:12"),
+        '{"v":1,"type":"session_key","short_key":"0421337",'
+        '"key_url":"https://support.example.com/s/0421337","expires":1714564800,'
+        '"queue_id":"rep:12"}',
     ),
 ]
 
@@ -506,6 +520,8 @@ def test_kind_table() -> None:
     assert "auth_customer" in customer and "auth_rep" not in customer
     assert {"accept_next", "queue_list", "queue", "show_my_screen"} <= rep - customer - attendee
     assert "report_home" not in attendee and "home_node_directive" not in attendee
+    # only a representative generates session keys (customers redeem them)
+    assert {"generate_session_key", "session_key"} <= rep - customer - attendee
 
 
 def test_refused_credentials_close_both_ends() -> None:
@@ -527,6 +543,31 @@ def test_customer_cannot_act_as_representative() -> None:
     with pytest.raises(ProtocolViolation) as caught:
         master.receive_text(serialize(AcceptNext()))
     assert "support_customer" in caught.value.reason
+
+
+@pytest.mark.parametrize("kind", [ClientKind.SUPPORT_CUSTOMER, ClientKind.PRESENTATION_ATTENDEE])
+def test_only_a_representative_generates_session_keys(kind: ClientKind) -> None:
+    client, master = _pair_in(State.AUTHENTICATED, kind)
+    with pytest.raises(LocalProtocolError):
+        client.send(GenerateSessionKey())
+    with pytest.raises(LocalProtocolError):
+        master.send(SessionKeyIssued(short_key="0421337", key_url="https://s.example/s/0421337",
+                                     expires=1, queue_id="general"))
+    with pytest.raises(ProtocolViolation) as caught:
+        master.receive_text(serialize(GenerateSessionKey()))
+    assert caught.value.close_code == CloseCode.PROTOCOL_ERROR
+    assert kind.value in caught.value.reason
+
+
+def test_a_key_request_with_odd_values_still_parses() -> None:
+    """The broker refuses a bad queue or ttl with an ``error``; only a value that is not
+    even of the right type breaks the protocol."""
+    client, master = _pair_in(State.AUTHENTICATED, ClientKind.REPRESENTATIVE)
+    odd = GenerateSessionKey(queue_id="team:3", ttl=-5)
+    assert master.receive_text(client.send(odd)) == odd
+    with pytest.raises(ProtocolViolation) as caught:
+        master.receive_text('{"v":1,"type":"generate_session_key","ttl":"600"}')
+    assert caught.value.kind is ViolationKind.MALFORMED
 
 
 def test_representative_cannot_redeem_a_key() -> None:
@@ -608,6 +649,8 @@ MESSAGE_STRATEGIES: dict[type[BaseModel], st.SearchStrategy[Any]] = {
     ShowMyScreen: st.builds(ShowMyScreen, session_id=_ident, on=st.booleans()),
     EndSession: st.builds(EndSession, session_id=_ident, reason=st.just("") | _printable),
     ReportHome: st.builds(ReportHome, node_guid=_guid),
+    GenerateSessionKey: st.builds(GenerateSessionKey, queue_id=st.none() | _printable,
+                                  ttl=st.none() | st.integers(-(2**53 - 1), 2**53 - 1)),
     Welcome: st.builds(Welcome, client_id=_ident, epoch=st.integers(0, 2**40),
                        master_addresses=st.lists(_url, min_size=1, max_size=4).map(tuple)),
     Error: st.builds(Error, code=st.sampled_from(ErrorCode), message=st.just("") | _printable,
@@ -640,6 +683,11 @@ MESSAGE_STRATEGIES: dict[type[BaseModel], st.SearchStrategy[Any]] = {
         st.builds(AnycastTarget, address=st.ip_addresses().map(str), port=st.integers(1, 65535),
                   tls_name=_host),
     )),
+    SessionKeyIssued: st.builds(SessionKeyIssued,
+                                short_key=st.from_regex(r"[0-9]{7}", fullmatch=True),
+                                key_url=_host.map(lambda h: f"https://{h}/s/0421337"),
+                                expires=st.integers(0, 2**40),
+                                queue_id=st.sampled_from(["general", "rep:7", "rep_username:a"])),
 }
 
 any_message = st.one_of(*MESSAGE_STRATEGIES.values())

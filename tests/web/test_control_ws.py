@@ -16,7 +16,12 @@ import aiohttp
 import pytest
 
 from atlas.broker.service import BROKER, Broker, replace_settings
+from atlas.broker.session_keys import DEFAULT_TTL_SECONDS
 from atlas.broker.stream_tokens import load_trusted_keys
+from atlas.clients.control import connect as control_connect
+from atlas.clients.report import EVENTS
+from atlas.clients.representative import RepresentativeApp
+from atlas.clients.session import ClientSettings
 from atlas.protocol.control import (
     MAX_MESSAGE_BYTES,
     AcceptNext,
@@ -30,12 +35,14 @@ from atlas.protocol.control import (
     EndSession,
     Error,
     ErrorCode,
+    GenerateSessionKey,
     Hello,
     Ping,
     Pong,
     Queue,
     SessionAccepted,
     SessionEnded,
+    SessionKeyIssued,
     SessionQueued,
     SessionStarted,
     Welcome,
@@ -288,3 +295,66 @@ async def test_a_whole_session_through_the_masters_own_relay(master: InProcessNo
     assert (await r.expect(SessionEnded)).reason.value == "customer_left"
     await publisher.close()
     await viewer.close()
+
+
+# --- session keys from the representative console -------------------------------------
+
+
+async def test_a_representative_generates_a_key_its_customer_uses(
+        master: InProcessNode) -> None:
+    r = await rep(master)
+    await r.expect(Welcome)
+    await r.send(GenerateSessionKey(ttl=5))  # too short: refused, the console stays
+    error = await r.expect(Error)
+    assert error.code is ErrorCode.BAD_REQUEST and error.message.startswith("ttl: 5 seconds")
+    await r.send(GenerateSessionKey(queue_id="team:3"))
+    error = await r.expect(Error)
+    assert error.code is ErrorCode.BAD_REQUEST and "queue_id" in error.message
+    await r.send(GenerateSessionKey(ttl=600))
+    issued = await r.expect(SessionKeyIssued)
+    account = representatives.get_by_username(master.node.db, "alice")
+    assert account is not None and issued.queue_id == f"rep:{account.id}"
+    assert issued.key_url.endswith(f"/s/{issued.short_key}")
+    assert issued.expires - int(time.time()) in range(598, 601)
+    c = await customer(master, issued.short_key)
+    await c.expect(Welcome)
+    assert (await c.expect(SessionQueued)).queue_id == issued.queue_id
+    queue = await r.expect(Queue)
+    while queue.total == 0:
+        queue = await r.expect(Queue)
+    assert queue.entries[0].queue_id == issued.queue_id
+    # a customer may not generate keys: that is a protocol violation, it is disconnected
+    await c.ws.send_str('{"v":1,"type":"generate_session_key","queue_id":null,"ttl":null}')
+    code, reason = await c.closed()
+    assert code == CloseCode.PROTOCOL_ERROR and "support_customer" in reason
+
+
+class ListReporter:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def emit(self, event: str, **fields: Any) -> None:
+        assert event in EVENTS, event
+        self.events.append((event, fields))
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("ttl", [None, 3600])
+async def test_rep_console_generate_key_prints_it_and_exits(
+        master: InProcessNode, ttl: int | None) -> None:
+    control = await control_connect(
+        master.base_url, kind=ClientKind.REPRESENTATIVE,
+        auth=AuthRep(username="alice", password=PASSWORD), ca_file=master.info.ca_file)
+    reporter = ListReporter()
+    app = RepresentativeApp(control, ClientSettings(duration=20.0), reporter,
+                            generate_key=True, key_ttl=ttl)
+    assert await app.run() == 0
+    (key,) = [f for e, f in reporter.events if e == "session_key"]
+    assert broker_of(master).keys.get(key["short_key"]) is not None
+    assert key["key_url"].endswith(key["short_key"]) and key["queue_id"].startswith("rep:")
+    assert key["expires"] - int(time.time()) in range(
+        (ttl or DEFAULT_TTL_SECONDS) - 3, (ttl or DEFAULT_TTL_SECONDS) + 1)
+    assert key["expires_at"].endswith("Z")
+    assert reporter.events[-1] == ("done", {"reason": "session key generated", "exit_code": 0})

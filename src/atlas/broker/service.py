@@ -27,10 +27,14 @@ The message sequence of a support session::
         (a_record/srv/anycast only:   home_node_directive ─────────▶ … ◀── report_home)
                        ◀──────────── session_started ──────────────▶
         publish screen:customer on            subscribe screen:customer on the customer's
-        its home node                         home node
+        its home node                         home node; publish screen:representative on
+                                              its own home node (standby: no frames yet)
                                        ◀──────────────────────────── show_my_screen on
-                       ◀──────────── stream_grant ─────────────────▶ (rep: publish
-        (subscribe screen:representative on the rep's home node)    screen:representative)
+                       ◀──────────── stream_grant                   (the rep sends frames)
+        (subscribe screen:representative on the rep's home node)
+                                       ◀──────────────────────────── show_my_screen off
+                       ◀──────────── stream_revoked                 (the rep stops sending,
+        (the customer leaves the rep's home node)                    stays connected)
     chat ◀───────────────────────────▶ chat (to every participant)
     end_session ───────────────────▶ session_ended ───────────────▶
 
@@ -80,6 +84,7 @@ from atlas.broker.session_keys import (
     SessionKeyReply,
     SessionKeyRequestError,
     SessionKeyStore,
+    SessionKeyStoreFull,
 )
 from atlas.broker.session_state import SessionState, SessionTransitionError, SupportSession
 from atlas.broker.stream_tokens import Direction, StreamSigner, load_or_create_signer
@@ -100,6 +105,7 @@ from atlas.protocol.control import (
     EndSession,
     Error,
     ErrorCode,
+    GenerateSessionKey,
     Hello,
     HomeNodeDirective,
     NodeRef,
@@ -111,6 +117,7 @@ from atlas.protocol.control import (
     ReportHome,
     SessionAccepted,
     SessionEnded,
+    SessionKeyIssued,
     SessionQueued,
     SessionStarted,
     ShowMyScreen,
@@ -230,7 +237,7 @@ class TopologySnapshot:
     config: ClusterConfig | None  # None: standalone (the master carries every session)
     health: HealthSnapshot
     guids: Mapping[str, str]  # traffic node name → appliance GUID (configured or learned)
-    site_hostname: str
+    site_hostname: str  # a hostname only: the site is served on the master's port
     epoch: int = 0
 
     def traffic_node(self, guid: str) -> TrafficNode | None:
@@ -534,6 +541,8 @@ class Broker:
                 self._end_session(peer, message)
             case ReportHome():
                 self._report_home(peer, message)
+            case GenerateSessionKey():
+                self._generate_session_key(peer, message)
 
     # --- hello and authentication ------------------------------------------------------
 
@@ -633,7 +642,38 @@ class Broker:
                     "queue_id", f"{queue_id[:80]!r}: no such representative"
                 )
         key = self.keys.issue(queue, self.clock(), ttl, created_by=created_by)
-        return key.reply(self.topology.snapshot().site_hostname)
+        snap = self.topology.snapshot()
+        # the site is served by the primary master: its public port goes in the link
+        return key.reply(snap.site_hostname, snap.master.port)
+
+    def _generate_session_key(self, peer: Peer, message: GenerateSessionKey) -> None:
+        """A representative generates a key from the console: for its personal queue
+        unless it names another queue it sees (it would not see, and so could not take,
+        a session waiting anywhere else). A refused value is an ``error``; the connection
+        stays open."""
+        rep = peer.rep
+        assert rep is not None  # the kind table lets only representatives send it
+        queue_id = message.queue_id if message.queue_id is not None else f"rep:{rep.id}"
+        visible = self._visible_queues(rep)
+        try:
+            queue = QueueId.parse(queue_id)
+            if str(queue) not in visible:
+                peer.link.send(Error(
+                    code=ErrorCode.NOT_ALLOWED,
+                    message=f"queue_id {queue_id[:80]!r}: you can generate keys only for "
+                    f"the queues you see: {', '.join(sorted(visible))}"))
+                return
+            reply = self.issue_session_key(str(queue), message.ttl,
+                                           created_by=f"rep:{rep.username}")
+        except SessionKeyRequestError as exc:
+            peer.link.send(Error(code=ErrorCode.BAD_REQUEST,
+                                 message=f"{exc.field}: {exc.message}"[:1024]))
+            return
+        except SessionKeyStoreFull as exc:
+            peer.link.send(Error(code=ErrorCode.SERVER_BUSY, message=str(exc)[:1024]))
+            return
+        peer.link.send(SessionKeyIssued(short_key=reply.short_key, key_url=reply.key_url,
+                                        expires=reply.expires, queue_id=reply.queue_id))
 
     # --- queues -------------------------------------------------------------------------
 
@@ -906,10 +946,16 @@ class Broker:
             streams=(self._grant(record, state.customer_id, StreamKind.CUSTOMER_SCREEN,
                                  StreamDirection.PUBLISH, customer_home),),
         ))
+        # the console: the customer's screen on the customer's home node, and its own
+        # screen on its own home node — a standby publisher, connected for the whole
+        # session (guide: "connected to the master, its own home traffic node, and the
+        # customer's home traffic node"), sending only while Show My Screen is on
         self._send_to(rep_id, SessionStarted(
             session_id=record.id, home_node=rep_home.ref,
             streams=(self._grant(record, rep_id, StreamKind.CUSTOMER_SCREEN,
-                                 StreamDirection.SUBSCRIBE, customer_home),),
+                                 StreamDirection.SUBSCRIBE, customer_home),
+                     self._grant(record, rep_id, StreamKind.REPRESENTATIVE_SCREEN,
+                                 StreamDirection.PUBLISH, rep_home)),
         ))
         self._changed()
 
@@ -961,17 +1007,16 @@ class Broker:
             return
         rep_id, customer_id = state.representative_id, state.customer_id
         assert rep_id is not None
+        # The representative's publish grant came with session_started (it stays
+        # connected on its home node, on standby, and starts or stops sending itself);
+        # only the customer's view of the stream is granted and revoked here.
         stream = StreamKind.REPRESENTATIVE_SCREEN
         if message.on:
             rep_home = record.homes[rep_id]
-            self._send_to(rep_id, StreamGranted(session_id=record.id, grant=self._grant(
-                record, rep_id, stream, StreamDirection.PUBLISH, rep_home)))
             self._send_to(customer_id, StreamGranted(session_id=record.id, grant=self._grant(
                 record, customer_id, stream, StreamDirection.SUBSCRIBE, rep_home)))
         else:
-            revoked = StreamRevoked(session_id=record.id, stream=stream)
-            self._send_to(rep_id, revoked)
-            self._send_to(customer_id, revoked)
+            self._send_to(customer_id, StreamRevoked(session_id=record.id, stream=stream))
 
     def _end_session(self, peer: Peer, message: EndSession) -> None:
         record = self._participant_session(peer, message.session_id)
@@ -1255,9 +1300,7 @@ class NodeTopology:
                                port=ident.public.port,
                                control_urls=(_wss(ident.public.host, ident.public.port)
                                              + path,))
-            host = ident.public.host
-            site = host if ident.public.port == 443 else f"{host}:{ident.public.port}"
-            return TopologySnapshot(master, None, HealthSnapshot(), {}, site)
+            return TopologySnapshot(master, None, HealthSnapshot(), {}, ident.public.host)
         statuses = config_store.node_statuses(db)
         guids = {t.name: t.guid or (statuses[t.name].guid if t.name in statuses else None)
                  for t in config.traffic_nodes}

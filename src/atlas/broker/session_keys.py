@@ -256,13 +256,17 @@ class SessionKey:
     def is_expired(self, now: float) -> bool:
         return now >= self.expires_at
 
-    def key_url(self, site_hostname: str) -> str:
-        return f"https://{site_hostname}/s/{self.short_key}"
+    def key_url(self, site_hostname: str, port: int = 443) -> str:
+        """The link to the key on the support site: its hostname and the port the
+        primary master is served on (``:443`` left out)."""
+        host = f"[{site_hostname}]" if ":" in site_hostname else site_hostname
+        authority = host if port == 443 else f"{host}:{port}"
+        return f"https://{authority}/s/{self.short_key}"
 
-    def reply(self, site_hostname: str) -> SessionKeyReply:
+    def reply(self, site_hostname: str, port: int = 443) -> SessionKeyReply:
         return SessionKeyReply(
             short_key=self.short_key,
-            key_url=self.key_url(site_hostname),
+            key_url=self.key_url(site_hostname, port),
             expires=int(self.expires_at),
             queue_id=str(self.queue_id),
         )

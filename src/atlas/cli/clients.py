@@ -30,6 +30,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 
+from atlas.broker.session_keys import MAX_TTL_SECONDS, MIN_TTL_SECONDS
 from atlas.clients.control import ControlClient, ControlOptions
 from atlas.clients.customer import CustomerApp
 from atlas.clients.errors import EXIT_USAGE, ClientFailure
@@ -303,6 +304,13 @@ def rep(
         "--accept-next", help="Accept the next waiting session without asking")] = False,
     list_queue: Annotated[bool, typer.Option(
         "--list-queue", help="Print the queue and exit")] = False,
+    generate_key: Annotated[bool, typer.Option(
+        "--generate-key", help="Generate a session key for your personal queue and print it "
+                               "(with --accept-next or at the terminal, then wait for that "
+                               "customer; else exit)")] = False,
+    key_ttl: Annotated[int | None, typer.Option(
+        "--key-ttl", min=MIN_TTL_SECONDS, max=MAX_TTL_SECONDS, metavar="SECONDS",
+        help="How long the generated key stays valid (default: the site's, 24 h)")] = None,
     save_frames: Annotated[Path | None, typer.Option(
         "--save-frames", help="Write every received frame to this directory as a JPEG "
                               "(its comment carries the frame counter)")] = None,
@@ -341,6 +349,8 @@ def rep(
         raise _usage("--user is required (the representative's username)")
     if show_my_screen_seconds is not None and not show_my_screen:
         raise _usage("--show-my-screen-seconds goes with --show-my-screen")
+    if key_ttl is not None and not generate_key:
+        raise _usage("--key-ttl goes with --generate-key")
     common = _common(site=site, ca_file=ca_file, dns=dns, source_address=source_address,
                      tz_offset=tz_offset, hostname=hostname, duration=duration,
                      frames=frames, json=json, source=source, size=size, fps=fps,
@@ -366,7 +376,8 @@ def rep(
             control, common.settings, rep_reporter, accept_next=accept_next,
             prompt=terminal_prompt if interactive else None, save_frames=save_frames,
             show_my_screen=show_my_screen, show_my_screen_seconds=show_my_screen_seconds,
-            stay=stay, list_queue=list_queue, source_factory=factory,
+            stay=stay, list_queue=list_queue, generate_key=generate_key, key_ttl=key_ttl,
+            source_factory=factory,
         )
 
     try:

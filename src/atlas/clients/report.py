@@ -31,6 +31,8 @@ EVENTS: Final[Mapping[str, str]] = {
     "connected": "authenticated on the master: client_id, master, kind, utc_offset_minutes",
     "disconnected": "the control connection was lost: reason, reconnecting",
     "queue": "the representative's queue: total, entries",
+    "session_key": "a session key was generated (--generate-key): short_key, key_url, "
+                   "expires (seconds since the epoch), expires_at, queue_id",
     "queued": "the customer waits: session_id, queue_id, position",
     "accepted": "a representative took the session: session_id, representative, customer",
     "directive": "the master said how to find the home node: method, target",
@@ -96,6 +98,9 @@ def describe(report: Report) -> str | None:
             return f"lost the connection to the master: {f.get('reason')}{again}"
         case "queue":
             return f"queue: {f.get('total')} waiting"
+        case "session_key":
+            return (f"session key {f.get('short_key')} — {f.get('key_url')} — queue "
+                    f"{f.get('queue_id')}, valid until {f.get('expires_at')}")
         case "queued":
             pos = f.get("position")
             where = f" (position {pos})" if pos else ""

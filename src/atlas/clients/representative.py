@@ -10,10 +10,15 @@ own screen on its home node for the customer to watch.
   asking, otherwise a person is asked on the terminal;
 * ``session_started`` — view ``screen:customer`` on the customer's home node; every
   frame is measured (:mod:`atlas.clients.stats`) and, with ``--save-frames``, written as
-  a JPEG whose comment carries the publisher's frame counter;
+  a JPEG whose comment carries the publisher's frame counter; and connect the publisher
+  of ``screen:representative`` to our own home node, on standby (it sends nothing);
 * ``--show-my-screen`` turns Show My Screen on once the session runs (and
-  ``--show-my-screen-seconds`` off again); the master grants the publish stream on our
-  home node;
+  ``--show-my-screen-seconds`` off again): the master grants the customer a view of our
+  stream on our home node (and revokes it at off), and our standby publisher starts (and
+  stops) sending frames on the connection it holds until the session ends;
+* ``--generate-key`` asks the master for a session key (``generate_session_key``, for our
+  personal queue) and prints it; with ``--accept-next`` or at the terminal the console then
+  waits for that customer, otherwise it exits once the key is printed;
 * ``session_ended`` with ``restart`` (a traffic node went offline): the master queued
   the session again in our personal queue; the console accepts it again, waiting as
   long as the master says ("retry in N s") while the old home node may come back.
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import sys
 import threading
 from collections.abc import Awaitable, Callable
@@ -30,22 +36,26 @@ from pathlib import Path
 from typing import ClassVar
 
 from atlas.clients.control import ControlClient, ControlEvent
+from atlas.clients.errors import SiteRefused
 from atlas.clients.report import Reporter
 from atlas.clients.screen import ScreenSource
 from atlas.clients.screen_codec import encode_image, frame_comment
-from atlas.clients.session import ClientApp, ClientSettings, Timer
+from atlas.clients.session import ClientApp, ClientSettings, Timer, node_dict
 from atlas.clients.streams import FrameReceived
 from atlas.protocol.control import (
     AcceptNext,
     ClientKind,
     Error,
     ErrorCode,
+    GenerateSessionKey,
     Queue,
     QueueEntry,
     SessionAccepted,
     SessionEnded,
+    SessionKeyIssued,
     SessionStarted,
     ShowMyScreen,
+    StreamKind,
 )
 
 Prompt = Callable[[str], Awaitable[bool]]
@@ -107,7 +117,8 @@ class RepresentativeApp(ClientApp):
                  *, accept_next: bool = False, prompt: Prompt | None = None,
                  save_frames: Path | None = None, show_my_screen: bool = False,
                  show_my_screen_seconds: float | None = None, stay: bool = False,
-                 list_queue: bool = False,
+                 list_queue: bool = False, generate_key: bool = False,
+                 key_ttl: int | None = None,
                  source_factory: Callable[[], ScreenSource] | None = None) -> None:
         super().__init__(control, settings, reporter, source_factory=source_factory)
         self.accept_next = accept_next
@@ -117,6 +128,9 @@ class RepresentativeApp(ClientApp):
         self.show_my_screen_seconds = show_my_screen_seconds
         self.stay = stay
         self.list_queue = list_queue
+        self.generate_key = generate_key
+        self.key_ttl = key_ttl
+        self.key_pending = False
         self.decode_frames = True
         self.queue: Queue | None = None
         self.accept_pending = False
@@ -127,6 +141,12 @@ class RepresentativeApp(ClientApp):
 
     # the queue ---------------------------------------------------------------------------
 
+    async def on_ready(self) -> None:
+        if self.generate_key:
+            self.key_pending = await self.send(GenerateSessionKey(ttl=self.key_ttl))
+            if not self.key_pending:
+                self.finish("could not ask for a session key", 1)
+
     async def on_message(self, message: ControlEvent) -> None:
         match message:
             case Queue():
@@ -134,9 +154,19 @@ class RepresentativeApp(ClientApp):
                 self.emit("queue", total=message.total,
                           entries=[_entry(e) for e in message.entries])
                 if self.list_queue:
-                    self.finish("queue listed")
+                    if not self.key_pending:
+                        self.finish("queue listed")
                     return
                 await self.maybe_accept()
+            case SessionKeyIssued():
+                self.key_pending = False
+                expires_at = dt.datetime.fromtimestamp(message.expires, dt.UTC)
+                self.emit("session_key", short_key=message.short_key, key_url=message.key_url,
+                          expires=message.expires,
+                          expires_at=expires_at.isoformat().replace("+00:00", "Z"),
+                          queue_id=message.queue_id)
+                if self.list_queue or not (self.accept_next or self.prompt):
+                    self.finish("session key generated")
             case SessionAccepted():
                 self.accept_pending = False
                 self.customer_hostname = message.customer_hostname
@@ -179,6 +209,10 @@ class RepresentativeApp(ClientApp):
         await self.post(Timer("answer", yes))
 
     async def on_error(self, error: Error) -> None:
+        if self.key_pending:  # asked first, so the first answer is the key's
+            self.key_pending = False
+            self.fail(SiteRefused(error, "generating a session key"))
+            return
         if not self.accept_pending:
             return
         self.accept_pending = False
@@ -196,15 +230,35 @@ class RepresentativeApp(ClientApp):
                 await self.send(AcceptNext())
         elif timer.name == "show_my_screen_off" and self.session is not None:
             if self.session.session_id == timer.data:
-                await self.send(ShowMyScreen(session_id=timer.data, on=False))
+                await self.set_show_my_screen(False)
 
     # the session --------------------------------------------------------------------------
+
+    def sends_at_once(self, stream: StreamKind) -> bool:
+        # our screen waits, connected, for Show My Screen
+        return stream is not StreamKind.REPRESENTATIVE_SCREEN
+
+    async def set_show_my_screen(self, on: bool) -> None:
+        """Turn Show My Screen on or off: tell the master (it grants or revokes the
+        customer's view) and start or pause our standby publisher."""
+        session = self.session
+        if session is None:
+            return
+        if not await self.send(ShowMyScreen(session_id=session.session_id, on=on)):
+            return
+        if not session.set_sending(StreamKind.REPRESENTATIVE_SCREEN, on):
+            return  # no publish grant in this session: nothing to show it with
+        fields: dict[str, object] = {}
+        if on:
+            runner = session.runners[StreamKind.REPRESENTATIVE_SCREEN]
+            fields["node"] = node_dict(runner.target.node)
+        self.emit("show_my_screen", session_id=session.session_id, on=on, **fields)
 
     async def on_started(self, started: SessionStarted) -> None:
         self.restart_customer = None
         await super().on_started(started)
         if self.show_my_screen:
-            await self.send(ShowMyScreen(session_id=started.session_id, on=True))
+            await self.set_show_my_screen(True)
             if self.show_my_screen_seconds is not None:
                 self.call_later(self.show_my_screen_seconds, "show_my_screen_off",
                                 started.session_id)

@@ -11,7 +11,9 @@ add what only they do.
 (DESIGN.md §2): it publishes its own stream on its home node and views the streams it
 was granted on their publishers' home nodes. Which connections those are comes from the
 master (``session_started``, ``stream_grant``, ``stream_revoked``); this class only makes
-and unmakes them, and says which nodes are in use — what the cluster test checks.
+and unmakes them, and says which nodes are in use — what the cluster test checks. A
+publisher may be held on standby (connected, sending nothing): the representative's
+``screen:representative`` from the session's start until Show My Screen is on.
 
 A traffic node that goes offline mid-session (guide, "Check Connections"): the stream
 runners reconnect to the same node for a bounded window; the master ends the session
@@ -169,10 +171,12 @@ class ParticipantSession:
         app = self.app
         if grant.direction is StreamDirection.PUBLISH:
             pub = ScreenPublisher(
-                target, app.source(), network=app.control.network, on_event=app.stream_event,
-                encoder=app.encoder(), fps=app.settings.screen.fps,
-                policy=app.settings.retry, transport=app.settings.transport,
-                counter_start=app.frame_counter, report_frames=app.settings.report_frames,
+                target, network=app.control.network, on_event=app.stream_event,
+                source_factory=app.source, encoder=app.encoder(),
+                fps=app.settings.screen.fps, policy=app.settings.retry,
+                transport=app.settings.transport, counter_start=app.frame_counter,
+                report_frames=app.settings.report_frames,
+                sending=app.sends_at_once(grant.stream),
             )
             self.runners[grant.stream] = pub
             self.tasks[grant.stream] = app.spawn(pub.run(self.publish_frames),
@@ -183,6 +187,19 @@ class ParticipantSession:
                                   policy=app.settings.retry, transport=app.settings.transport)
             self.runners[grant.stream] = viewer
             self.tasks[grant.stream] = app.spawn(viewer.run(), f"view {grant.stream}")
+
+    def set_sending(self, stream: StreamKind, on: bool) -> bool:
+        """Start or pause sending on the publisher of ``stream`` (kept connected);
+        ``False`` if we do not publish it."""
+        runner = self.runners.get(stream)
+        if not isinstance(runner, ScreenPublisher):
+            return False
+        if on:
+            runner.start_sending()
+        else:
+            runner.pause_sending()
+            self.app.frame_counter = max(self.app.frame_counter, runner.counter)
+        return True
 
     async def revoke(self, stream: StreamKind) -> None:
         runner = self.runners.pop(stream, None)
@@ -275,6 +292,11 @@ class ClientApp:
                                     exit_code=2) from None
         return self._source
 
+    def sends_at_once(self, stream: StreamKind) -> bool:
+        """Whether a publisher granted for ``stream`` sends from the start (or waits on
+        standby, connected, until :meth:`ParticipantSession.set_sending`)."""
+        return True
+
     def encoder(self) -> ScreenEncoder:
         s = self.settings.screen
         return ScreenEncoder(fmt=s.fmt, quality=s.quality, key_interval=s.key_interval)
@@ -351,7 +373,7 @@ class ClientApp:
                         self.emit("stats", stream=t.stream.value, direction="subscribe",
                                   node=t.node.name, undecodable=runner.undecodable,
                                   **snap.as_dict())
-                elif isinstance(runner, ScreenPublisher):
+                elif isinstance(runner, ScreenPublisher) and runner.sending:
                     self.emit("stats", stream=t.stream.value, direction="publish",
                               node=t.node.name, frames=runner.frames_sent,
                               bytes=runner.bytes_sent, fps=runner.fps,

@@ -13,6 +13,13 @@ no client is stranded on a dead node). A fresh grant from the master
 (:meth:`StreamRunner.replace_target`) is used for the next attempt at once — stream
 tokens only open connections for a minute.
 
+A publisher may be held on **standby** (``sending=False``): connected to its home node,
+so the node lists it (guide: the representative console is connected to its own home
+node for the whole session), but capturing and sending nothing until
+:meth:`ScreenPublisher.start_sending` (Show My Screen on); :meth:`~ScreenPublisher.
+pause_sending` goes back to standby and keeps the connection. Viewers of a stream whose
+publisher sends nothing yet simply wait for its first key frame.
+
 The bytes: :mod:`atlas.relay.client` (raw ``atlas-stream/1`` by default); the pictures:
 :mod:`atlas.clients.screen` and :mod:`atlas.clients.screen_codec`, encoded and decoded
 in a worker thread so the event loop never waits for Pillow.
@@ -248,24 +255,74 @@ class _Stopped(Exception):
 
 
 class ScreenPublisher(StreamRunner):
-    """Captures ``source`` at ``fps`` and publishes it to the target (the home node)."""
+    """Captures ``source`` at ``fps`` and publishes it to the target (the home node).
 
-    def __init__(self, target: StreamTarget, source: ScreenSource, *,
+    Without ``source``, ``source_factory`` opens it when the first picture is captured
+    (a publisher on standby never opens the screen). ``sending=False`` starts on standby
+    (see the module docstring)."""
+
+    def __init__(self, target: StreamTarget, source: ScreenSource | None = None, *,
                  network: NetworkSettings, on_event: EventCallback,
+                 source_factory: Callable[[], ScreenSource] | None = None,
                  encoder: ScreenEncoder | None = None, fps: float = DEFAULT_FPS,
                  policy: RetryPolicy | None = None, transport: Transport = "atlas-stream",
-                 counter_start: int = 0, report_frames: bool = False) -> None:
+                 counter_start: int = 0, report_frames: bool = False,
+                 sending: bool = True) -> None:
         super().__init__(target, network=network, on_event=on_event, policy=policy,
                          transport=transport)
         if not 0 < fps <= MAX_FPS:
             raise ValueError(f"fps must be above 0 and at most {MAX_FPS:g}")
-        self.source = source
+        if source is None and source_factory is None:
+            raise ValueError("a publisher needs a source or a source_factory")
+        self._source = source
+        self._source_factory = source_factory
         self.encoder = encoder or ScreenEncoder()
         self.fps = fps
         self.counter = counter_start
         self.frames_sent = 0
         self.bytes_sent = 0
         self.report_frames = report_frames
+        self._sending = sending
+        self._resume = asyncio.Event()  # set: sending again, or stopping
+
+    @property
+    def source(self) -> ScreenSource:
+        if self._source is None:
+            assert self._source_factory is not None
+            self._source = self._source_factory()
+        return self._source
+
+    @property
+    def sending(self) -> bool:
+        return self._sending
+
+    def start_sending(self) -> None:
+        """Capture and send again (from a fresh key frame), on the same connection."""
+        self._sending = True
+        self._resume.set()
+
+    def pause_sending(self) -> None:
+        """Back to standby: stop sending, keep the connection."""
+        self._sending = False
+        self._resume.clear()
+
+    def stop(self) -> None:
+        super().stop()
+        self._resume.set()
+
+    async def _standby(self, endpoint: StreamPublisher) -> None:
+        """Hold the connection without sending until told to send or stop; raises
+        :class:`StreamClosed` if the node ends it meanwhile."""
+        closed = asyncio.ensure_future(endpoint.wait_closed())
+        resumed = asyncio.ensure_future(self._resume.wait())
+        try:
+            await asyncio.wait({closed, resumed}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for f in (closed, resumed):
+                f.cancel()
+            await asyncio.gather(closed, resumed, return_exceptions=True)
+        if closed.done() and not closed.cancelled() and closed.exception() is None:
+            raise closed.result()
 
     async def _open(self, target: StreamTarget) -> StreamPublisher:
         return await publish(target.url, target.token, ssl=self.network.ssl_context(),
@@ -273,9 +330,9 @@ class ScreenPublisher(StreamRunner):
                              local_address=self.network.source_address,
                              timeout=self.policy.connect_timeout)
 
-    def _capture(self, counter: int) -> EncodedFrame:
+    def _capture(self, source: ScreenSource, counter: int) -> EncodedFrame:
         captured_at = time.time()
-        picture = self.source.grab(counter, captured_at)
+        picture = source.grab(counter, captured_at)
         return self.encoder.encode(picture, counter, int(captured_at * 1_000_000))
 
     async def run(self, max_frames: int | None = None) -> None:
@@ -296,6 +353,11 @@ class ScreenPublisher(StreamRunner):
             next_tick = loop.time()
             try:
                 while not self._stopping:
+                    if not self._sending:
+                        await self._standby(endpoint)
+                        self.encoder.request_key_frame()  # the viewers start afresh
+                        next_tick = loop.time()
+                        continue
                     if max_frames is not None and self.frames_sent >= max_frames:
                         await endpoint.end("done")
                         await self._finished("sent every frame asked for")
@@ -304,8 +366,9 @@ class ScreenPublisher(StreamRunner):
                     if delay > 0:
                         await asyncio.sleep(delay)
                     next_tick = max(next_tick + 1 / self.fps, loop.time())
+                    source = self.source  # opened here, on the loop, at the first picture
                     self.counter += 1
-                    frame = await asyncio.to_thread(self._capture, self.counter)
+                    frame = await asyncio.to_thread(self._capture, source, self.counter)
                     kind = FrameType.KEY if frame.key else FrameType.DELTA
                     endpoint.seq += 1
                     wire = Frame(kind, endpoint.seq, frame.captured_us, frame.payload)

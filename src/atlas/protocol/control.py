@@ -74,6 +74,7 @@ __all__ = [
     "EndSession",
     "Error",
     "ErrorCode",
+    "GenerateSessionKey",
     "Hello",
     "HomeNodeDirective",
     "LocalProtocolError",
@@ -89,6 +90,7 @@ __all__ = [
     "ReportHome",
     "SessionAccepted",
     "SessionEnded",
+    "SessionKeyIssued",
     "SessionQueued",
     "SessionStarted",
     "ShowMyScreen",
@@ -211,6 +213,7 @@ class ErrorCode(StrEnum):
     QUEUE_EMPTY = "queue_empty"
     SESSION_NOT_FOUND = "session_not_found"
     NOT_ALLOWED = "not_allowed"  # e.g. Show My Screen in a session that is not started
+    BAD_REQUEST = "bad_request"  # well-formed, but a value is refused (e.g. a key's ttl)
     SERVER_BUSY = "server_busy"
     INTERNAL_ERROR = "internal_error"
 
@@ -375,6 +378,19 @@ class ReportHome(_Message):
     node_guid: NodeGuid
 
 
+class GenerateSessionKey(_Message):
+    """A representative asks for a session key to give a customer (the Command API's
+    ``generate_session_key``, from the console). ``queue_id`` (``general``, ``rep:ID``,
+    ``rep_username:NAME``) defaults to the representative's personal queue; ``ttl``
+    (seconds) to the site's default. The master checks both and answers ``session_key``
+    or an ``error``; the fields are loose here so that a bad value is a refused request,
+    not a broken connection."""
+
+    type: Literal["generate_session_key"] = "generate_session_key"
+    queue_id: Annotated[Text1024, StringConstraints(min_length=1, max_length=200)] | None = None
+    ttl: Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)] | None = None
+
+
 # master → client
 
 
@@ -420,6 +436,17 @@ class Queue(_Message):
     type: Literal["queue"] = "queue"
     entries: Annotated[tuple[QueueEntry, ...], Field(max_length=MAX_QUEUE_ENTRIES)]
     total: Annotated[int, Field(ge=0)]
+
+
+class SessionKeyIssued(_Message):
+    """The answer to ``generate_session_key``: the single-use key, the link a customer
+    can click, when it expires (seconds since the epoch) and the queue it leads to."""
+
+    type: Literal["session_key"] = "session_key"
+    short_key: Annotated[str, StringConstraints(pattern=r"^[0-9]{1,32}$")]
+    key_url: Annotated[str, StringConstraints(max_length=2048, pattern=r"^https://[^\s]+$")]
+    expires: Annotated[int, Field(ge=0)]
+    queue_id: QueueName
 
 
 class SessionQueued(_Message):
@@ -531,11 +558,12 @@ class HomeNodeDirective(_Message):
 
 AnyClientMessage = (
     Hello | AuthRep | AuthCustomer | Ping | QueueList | AcceptNext | Chat | ShowMyScreen
-    | EndSession | ReportHome
+    | EndSession | ReportHome | GenerateSessionKey
 )
 AnyMasterMessage = (
     Welcome | Error | Pong | Queue | SessionQueued | SessionAccepted | SessionStarted
     | StreamGranted | StreamRevoked | SessionEnded | ChatDelivered | HomeNodeDirective
+    | SessionKeyIssued
 )
 AnyMessage = AnyClientMessage | AnyMasterMessage
 
@@ -560,6 +588,7 @@ MESSAGES: Final[tuple[MessageSpec, ...]] = (
     MessageSpec("show_my_screen", Side.CLIENT, ShowMyScreen),
     MessageSpec("end_session", Side.CLIENT, EndSession),
     MessageSpec("report_home", Side.CLIENT, ReportHome),
+    MessageSpec("generate_session_key", Side.CLIENT, GenerateSessionKey),
     MessageSpec("welcome", Side.MASTER, Welcome),
     MessageSpec("error", Side.MASTER, Error),
     MessageSpec("pong", Side.MASTER, Pong),
@@ -572,6 +601,7 @@ MESSAGES: Final[tuple[MessageSpec, ...]] = (
     MessageSpec("session_ended", Side.MASTER, SessionEnded),
     MessageSpec("chat", Side.MASTER, ChatDelivered),
     MessageSpec("home_node_directive", Side.MASTER, HomeNodeDirective),
+    MessageSpec("session_key", Side.MASTER, SessionKeyIssued),
 )
 
 _SENDER_OF: Final[Mapping[type[_Message], Side]] = {s.model: s.sender for s in MESSAGES}
@@ -619,11 +649,12 @@ class State(StrEnum):
 _CLIENT, _MASTER = Side.CLIENT, Side.MASTER
 _AUTHENTICATED_CLIENT = (
     "ping", "queue_list", "accept_next", "chat", "show_my_screen", "end_session",
-    "report_home",
+    "report_home", "generate_session_key",
 )
 _AUTHENTICATED_MASTER = (
     "pong", "error", "queue", "session_queued", "session_accepted", "session_started",
     "stream_grant", "stream_revoked", "session_ended", "chat", "home_node_directive",
+    "session_key",
 )
 TRANSITIONS: Final[Mapping[State, Mapping[tuple[Side, str], State]]] = {
     State.CONNECTED: {
@@ -652,9 +683,9 @@ TRANSITIONS: Final[Mapping[State, Mapping[tuple[Side, str], State]]] = {
 
 # KIND_MESSAGES[kind]: the message types (either direction) a client of that kind
 # exchanges once its hello has said what it is. Anything else is refused like a message
-# without a TRANSITIONS row: a customer cannot accept sessions, a representative cannot
-# redeem a session key, an attendee has no home node (it only subscribes to the
-# presenter's stream on the presenter's home node, DESIGN.md §2).
+# without a TRANSITIONS row: a customer cannot accept sessions or generate session keys,
+# a representative cannot redeem a session key, an attendee has no home node (it only
+# subscribes to the presenter's stream on the presenter's home node, DESIGN.md §2).
 _EVERY_KIND = frozenset({
     "hello", "ping", "pong", "error", "welcome", "chat", "session_started", "stream_grant",
     "stream_revoked", "session_ended", "end_session",
@@ -662,7 +693,8 @@ _EVERY_KIND = frozenset({
 KIND_MESSAGES: Final[Mapping[ClientKind, frozenset[str]]] = {
     ClientKind.REPRESENTATIVE: _EVERY_KIND | {
         "auth_rep", "queue_list", "queue", "accept_next", "session_accepted",
-        "show_my_screen", "report_home", "home_node_directive",
+        "show_my_screen", "report_home", "home_node_directive", "generate_session_key",
+        "session_key",
     },
     ClientKind.SUPPORT_CUSTOMER: _EVERY_KIND | {
         "auth_customer", "session_queued", "session_accepted", "report_home",
