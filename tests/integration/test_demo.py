@@ -29,9 +29,8 @@ from typing import Any
 
 import pytest
 
-from atlas.cli.client import Connection
+from atlas.cli.client import AtlasClient, Connection
 from atlas.demo import processes
-from atlas.demo.cluster import ResolvingApiClient
 from atlas.demo.layout import DemoLayout, default_layout
 from atlas.demo.state import DemoInfo, load_info
 from atlas.net.resolver import DnsServer, Resolver
@@ -152,7 +151,7 @@ async def api_calls(info: DemoInfo, calls: list[tuple[str, dict[str, str]]]) -> 
     conn = Connection(info.url, info.api_account.client_id, info.api_account.client_secret,
                       Path(info.ca_file))
     resolver = Resolver(DnsServer(info.dns.host, info.dns.port))
-    async with ResolvingApiClient(conn, resolver) as api:
+    async with AtlasClient(conn, resolver=resolver) as api:
         return [(await api.request("GET", path, params=params)).body for path, params in calls]
 
 
