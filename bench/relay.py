@@ -72,7 +72,13 @@ def serve_atlas(args: argparse.Namespace) -> None:
 
     from atlas.broker.stream_tokens import StreamKeyring
     from atlas.net.tls import server_context
+    from atlas.net.tls_memory import share_tls_read_buffers
     from atlas.relay.endpoint import install
+
+    # As on a real node (atlas.web.control_ws applies it process-wide): TLS connections
+    # share one read buffer per thread.
+    if os.environ.get("BENCH_STOCK_TLS") != "1":
+        share_tls_read_buffers()
 
     # Closing hundreds of connections at once at the end of each run makes asyncio warn
     # about writes racing the close; that is the benchmark's doing, not news.
