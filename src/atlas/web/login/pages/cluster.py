@@ -158,6 +158,12 @@ def _author(request: web.Request) -> str:
 # --- the page ---------------------------------------------------------------------------
 
 
+def _mark_stale(form: Form, exc: StaleRevision) -> None:
+    """Tell the form it was drawn from an older revision; keep the input, offer the new one."""
+    form.error("", _stale_message(exc))
+    form.values["revision"] = str(exc.current)
+
+
 def _page(
     request: web.Request,
     *,
@@ -232,8 +238,7 @@ async def save_master(request: web.Request) -> web.StreamResponse:
         form.error("", "This form is out of date: reload the page and try again.")
         return _page(request, master_form=form, status=400)
     if expected != config.revision:
-        form.error("", _stale_message(StaleRevision(config.revision, expected)))
-        form.values["revision"] = str(config.revision)
+        _mark_stale(form, StaleRevision(config.revision, expected))
         return _page(request, master_form=form, status=409)
     updated = cf.updated_primary(form, config)
     if updated is None:
@@ -242,8 +247,7 @@ async def save_master(request: web.Request) -> web.StreamResponse:
         saved = config_store.save(db, updated, expected_revision=expected,
                                   author=_author(request))
     except StaleRevision as exc:
-        form.error("", _stale_message(exc))
-        form.values["revision"] = str(exc.current)
+        _mark_stale(form, exc)
         return _page(request, master_form=form, status=409)
     history.record(db, f"Cluster: {_author(request)} updated the primary master node "
                        f"{saved.primary.name} ({saved.primary.public}).")
@@ -342,8 +346,7 @@ async def save_node(request: web.Request) -> web.StreamResponse:
                            "(someone else removed or renamed it). Go back to the Cluster page.")
             return _node_page(request, form, editing=editing, status=409)
     if expected != config.revision:
-        form.error("", _stale_message(StaleRevision(config.revision, expected)))
-        form.values["revision"] = str(config.revision)
+        _mark_stale(form, StaleRevision(config.revision, expected))
         return _node_page(request, form, editing=editing, status=409)
     entry = cf.read_node(form)
     updated = cf.with_node(form, config, entry, index)
@@ -353,8 +356,7 @@ async def save_node(request: web.Request) -> web.StreamResponse:
         saved = config_store.save(db, updated, expected_revision=expected,
                                   author=_author(request))
     except StaleRevision as exc:
-        form.error("", _stale_message(exc))
-        form.values["revision"] = str(exc.current)
+        _mark_stale(form, exc)
         return _node_page(request, form, editing=editing, status=409)
     new_index = index if index is not None else len(saved.traffic_nodes) - 1
     stored = saved.traffic_nodes[new_index]
@@ -429,9 +431,7 @@ async def save_method(request: web.Request) -> web.StreamResponse:
         return _wrong_role(request, exc)
     expected = cf.revision_of(form)
     if expected is None or expected != config.revision:
-        stale = StaleRevision(config.revision, expected or 0)
-        form.error("", _stale_message(stale))
-        form.values["revision"] = str(config.revision)
+        _mark_stale(form, StaleRevision(config.revision, expected or 0))
         return _page(request, method_form=form, status=409)
     updated = cf.with_method(form, config)
     if updated is None:
@@ -440,8 +440,7 @@ async def save_method(request: web.Request) -> web.StreamResponse:
         saved = config_store.save(db, updated, expected_revision=expected,
                                   author=_author(request))
     except StaleRevision as exc:
-        form.error("", _stale_message(exc))
-        form.values["revision"] = str(exc.current)
+        _mark_stale(form, exc)
         return _page(request, method_form=form, status=409)
     label = cf.method_label(saved.selection.method.value)
     history.record(db, f"Cluster: {_author(request)} set the Method for Choosing Traffic "
