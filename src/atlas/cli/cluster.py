@@ -47,6 +47,7 @@ from atlas.cli.client import (
     UsageError,
     node_path,
 )
+from atlas.cli.cluster_test import test_cmd
 from atlas.cli.node import err, out
 from atlas.cluster_plan import carry_guids, plan
 from atlas.model.config import ClusterConfig, SelectionMethod, TrafficNode
@@ -965,5 +966,7 @@ def apply_cmd(
 
     _run(conn, work)
 
+
+app.command("test")(test_cmd)
 
 __all__ = ["app", "read_cluster_file", "to_toml", "toml_line"]
