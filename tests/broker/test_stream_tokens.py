@@ -27,6 +27,7 @@ from atlas.broker.stream_tokens import (
     WrongNode,
     WrongSession,
     WrongStream,
+    connect_window,
     key_id,
     load_or_create_signer,
     load_trusted_keys,
@@ -260,3 +261,21 @@ def test_key_id_is_the_rfc7638_thumbprint() -> None:
 def test_real_clock_round_trip(signer: StreamSigner, keyring: StreamKeyring) -> None:
     now = time.time()
     keyring.verify(issue(signer, now=now), node_guid=NODE, now=now)
+
+
+def test_connect_window_is_read_without_trusting_the_token() -> None:
+    """The client's hint for when to ask for a fresh grant: ``exp - iat``, whatever the
+    clocks; a forged or odd token gives a number or nothing, never an exception."""
+    signer = StreamSigner.generate(issuer=MASTER)
+    token = signer.issue(node_guid=NODE, participant="p", session="s", direction="publish",
+                         stream="screen:customer", now=time.time() - 3600, ttl=120)
+    assert connect_window(token) == 120.0  # long expired: still says how long it was
+    hmac_key = "k" * 32  # anyone's: these tokens are not the master's
+    forged = jwt.encode({"iat": 10, "exp": 70}, hmac_key, algorithm="HS256")
+    assert connect_window(forged) == 60.0  # nothing is trusted; only the client reads it
+    for odd in ("", "x", "a.b.c", "x" * 10_000,
+                jwt.encode({"iat": 10}, hmac_key, algorithm="HS256"),
+                jwt.encode({"iat": 100, "exp": 10}, hmac_key, algorithm="HS256"),
+                jwt.encode({"iat": True, "exp": 10}, hmac_key, algorithm="HS256"),
+                jwt.encode({"iat": "10", "exp": 70}, hmac_key, algorithm="HS256")):
+        assert connect_window(odd) is None, odd

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 import pytest
 
@@ -14,6 +15,8 @@ from atlas.clients.screen import TestPattern
 from atlas.clients.screen_codec import ScreenEncoder
 from atlas.clients.streams import (
     FrameReceived,
+    FrameSent,
+    GrantRefreshed,
     RetryPolicy,
     ScreenPublisher,
     StreamDown,
@@ -171,3 +174,122 @@ async def test_an_expired_token_waits_for_a_fresh_grant(start_relay: StartRelay)
     publisher.replace_target(target(relay, StreamDirection.PUBLISH))
     await asyncio.wait_for(task, 20)
     assert sent.of(StreamUp) and publisher.frames_sent == 3
+
+
+# --- renewing a grant whose token no longer opens connections ------------------------
+
+
+class FakeMaster:
+    """Answers a runner's ``refresh`` as the master would: a fresh token, or a refusal."""
+
+    def __init__(self, relay: RelayUnderTest, *, refuse: str | None = None) -> None:
+        self.relay = relay
+        self.refuse = refuse
+        self.asked: list[StreamTarget] = []
+        self.runner: ScreenPublisher | StreamViewer | None = None
+
+    async def __call__(self, stale: StreamTarget) -> bool:
+        self.asked.append(stale)
+        assert self.runner is not None
+        runner = self.runner
+
+        def answer() -> None:  # later, as the reply arrives on the control connection
+            if self.refuse is not None:
+                runner.grant_refused(self.refuse)
+                return
+            fresh = target(self.relay, stale.direction)
+            runner.replace_target(replace(fresh, connect_by=time.monotonic() + 60))
+
+        asyncio.get_running_loop().call_later(0.01, answer)
+        return True
+
+
+def test_a_grant_knows_how_long_its_token_opens_connections() -> None:
+    from atlas.broker.stream_tokens import StreamSigner
+    from atlas.protocol.control import StreamGrant
+
+    token = StreamSigner.generate(issuer="m").issue(
+        node_guid=NODE_GUID, participant="p", session=SESSION, direction="publish",
+        stream=STREAM.value, now=time.time() - 3600, ttl=120)  # issued long ago
+    node = NodeRef(name="relay-1", guid=NODE_GUID, url="wss://relay.test")
+    grant = StreamGrant(stream=STREAM, direction=StreamDirection.PUBLISH, node=node,
+                        token=token)
+    got = StreamTarget.from_grant(SESSION, grant, received_at=1000.0)
+    assert got.connect_by == 1120.0  # counted from arrival: the clocks may differ
+    assert not got.expires_within(10.0, now=1109.0)
+    assert got.expires_within(10.0, now=1110.0)
+    unknown = StreamTarget.from_grant(SESSION, grant.model_copy(update={"token": "opaque"}))
+    assert unknown.connect_by is None and not unknown.expires_within(1e9)
+
+
+async def test_an_expiring_token_is_renewed_before_reconnecting(
+        start_relay: StartRelay) -> None:
+    relay = await start_relay()
+    sent = Events()
+    stale = replace(target(relay, StreamDirection.PUBLISH, now=time.time() - 3600),
+                    connect_by=time.monotonic() - 1)
+    master = FakeMaster(relay)
+    publisher = ScreenPublisher(stale, TestPattern((64, 48)), network=network(relay),
+                                on_event=sent, fps=20, policy=FAST, refresh=master)
+    master.runner = publisher
+    await asyncio.wait_for(publisher.run(max_frames=3), 20)
+    assert master.asked == [stale]  # asked once, before connecting
+    assert not sent.of(StreamDown)  # the node never saw the stale token
+    assert [type(e) for e in sent.items if not isinstance(e, FrameSent)][:2] == [
+        GrantRefreshed, StreamUp]
+    assert publisher.frames_sent == 3
+
+
+async def test_a_token_the_node_calls_expired_is_renewed(start_relay: StartRelay) -> None:
+    relay = await start_relay()
+    seen = Events()
+    stale = target(relay, StreamDirection.SUBSCRIBE, now=time.time() - 3600)
+    assert stale.connect_by is None  # nothing told the client it would expire
+    master = FakeMaster(relay)
+    viewer = StreamViewer(stale, network=network(relay), on_event=seen, policy=FAST,
+                          refresh=master)
+    master.runner = viewer
+    task = asyncio.create_task(viewer.run())
+    try:
+        await seen.wait(lambda: bool(seen.of(StreamUp)))
+    finally:
+        viewer.stop()
+        await asyncio.wait_for(task, 20)
+    assert master.asked == [stale]
+    assert not seen.of(StreamDown)  # straight to the master, no backoff
+    assert isinstance(seen.of(GrantRefreshed)[0], GrantRefreshed)
+
+
+async def test_a_refused_renewal_stops_the_runner(start_relay: StartRelay) -> None:
+    relay = await start_relay()
+    seen = Events()
+    stale = replace(target(relay, StreamDirection.SUBSCRIBE, now=time.time() - 3600),
+                    connect_by=time.monotonic() - 1)
+    master = FakeMaster(relay, refuse="grant_revoked: your grant was revoked")
+    viewer = StreamViewer(stale, network=network(relay), on_event=seen, policy=FAST,
+                          refresh=master)
+    master.runner = viewer
+    await asyncio.wait_for(viewer.run(), 20)
+    (lost,) = seen.of(StreamLost)
+    assert isinstance(lost, StreamLost) and "grant_revoked" in lost.reason
+    assert not seen.of(StreamUp)
+
+
+async def test_without_an_answer_the_token_held_is_tried(start_relay: StartRelay) -> None:
+    relay = await start_relay()
+    sent = Events()
+    asked: list[StreamTarget] = []
+
+    async def silent_master(stale: StreamTarget) -> bool:
+        asked.append(stale)
+        return True
+
+    # the window says "about to expire", but the token is still good: after the master
+    # stays silent for refresh_timeout the runner connects with it
+    held = replace(target(relay, StreamDirection.PUBLISH), connect_by=time.monotonic() + 5)
+    policy = replace(FAST, refresh_timeout=0.2)
+    publisher = ScreenPublisher(held, TestPattern((64, 48)), network=network(relay),
+                                on_event=sent, fps=20, policy=policy, refresh=silent_master)
+    await asyncio.wait_for(publisher.run(max_frames=2), 20)
+    assert asked == [held] and publisher.frames_sent == 2
+    assert not sent.of(GrantRefreshed)

@@ -51,6 +51,7 @@ from atlas.protocol.control import (
     Queue,
     QueueEntry,
     QueueList,
+    RefreshGrant,
     ReportHome,
     SessionAccepted,
     SessionEnded,
@@ -121,6 +122,12 @@ GOLDEN: list[tuple[AnyClientMessage | AnyMasterMessage, str]] = [
     ),
     (GenerateSessionKey(), '{"v":1,"type":"generate_session_key","queue_id":null,"ttl":null}'),
     (
+        RefreshGrant(session_id="s1", stream=StreamKind.CUSTOMER_SCREEN,
+                     direction=StreamDirection.PUBLISH),
+        '{"v":1,"type":"refresh_grant","session_id":"s1","stream":"screen:customer",'
+        '"direction":"publish"}',
+    ),
+    (
         Welcome(
             client_id="c-9f2a", epoch=3,
             master_addresses=(
@@ -139,6 +146,12 @@ GOLDEN: list[tuple[AnyClientMessage | AnyMasterMessage, str]] = [
         '"retry_after_seconds":30}',
     ),
     (Pong(seq=7), '{"v":1,"type":"pong","seq":7}'),
+    (
+        Error(code=ErrorCode.GRANT_REVOKED,
+              message="your grant to subscribe screen:representative in session s1 was revoked"),
+        '{"v":1,"type":"error","code":"grant_revoked","message":"your grant to subscribe '
+        'screen:representative in session s1 was revoked","retry_after_seconds":null}',
+    ),
     (
         Queue(
             entries=(
@@ -570,6 +583,59 @@ def test_a_key_request_with_odd_values_still_parses() -> None:
     assert caught.value.kind is ViolationKind.MALFORMED
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_may_ask_to_renew_a_grant(kind: ClientKind) -> None:
+    """Every kind holds stream grants, so every kind may ask for a fresh token — once
+    authenticated; the broker decides whether the grant is still held."""
+    refresh = RefreshGrant(session_id="s1", stream=StreamKind.REPRESENTATIVE_SCREEN,
+                           direction=StreamDirection.SUBSCRIBE)
+    client, master = _pair_in(State.AUTHENTICATED, kind)
+    assert master.receive_text(client.send(refresh)) == refresh
+    renewed = StreamGranted(session_id="s1", grant=StreamGrant(
+        stream=refresh.stream, direction=refresh.direction, node=US, token=TOKEN))
+    assert client.receive_text(master.send(renewed)) == renewed
+    refusal = Error(code=ErrorCode.GRANT_REVOKED, message="revoked")
+    assert client.receive_text(master.send(refusal)) == refusal
+    assert client.state is master.state is State.AUTHENTICATED  # a refused request only
+    early_client, early_master = _pair_in(State.HELLO_RECEIVED, kind)
+    with pytest.raises(LocalProtocolError):
+        early_client.send(refresh)
+    with pytest.raises(ProtocolViolation) as caught:
+        early_master.receive_text(serialize(refresh))
+    assert caught.value.kind is ViolationKind.UNEXPECTED
+
+
+@pytest.mark.parametrize(
+    ("fields", "where"),
+    [
+        ({"stream": "screen:everything"}, "stream"),
+        ({"stream": "SCREEN:CUSTOMER"}, "stream"),
+        ({"direction": "both"}, "direction"),
+        ({"direction": None}, "direction"),
+        ({"session_id": "s 1"}, "session_id"),
+        ({"session_id": "s" * 65}, "session_id"),
+        ({"session_id": 1}, "session_id"),
+        ({"node_guid": "b2c3d4e5-0001"}, "node_guid"),  # the node is the master's to say
+        ({"token": "x"}, "token"),
+    ],
+)
+def test_refresh_grant_refuses_bad_values_with_a_reason(fields: dict[str, Any],
+                                                        where: str) -> None:
+    good = {"v": 1, "type": "refresh_grant", "session_id": "s1", "stream": "screen:customer",
+            "direction": "subscribe"}
+    master = MasterControlConnection()
+    with pytest.raises(ProtocolViolation) as caught:
+        master.receive_text(json.dumps({**good, **fields}))
+    assert caught.value.kind is ViolationKind.MALFORMED
+    assert caught.value.close_code == CloseCode.INVALID_PAYLOAD
+    assert where in caught.value.reason
+    for missing in ("session_id", "stream", "direction"):
+        without = {k: v for k, v in good.items() if k != missing}
+        with pytest.raises(ProtocolViolation) as caught:
+            parse_client_message(json.dumps(without))
+        assert missing in caught.value.reason
+
+
 def test_representative_cannot_redeem_a_key() -> None:
     _client, master = _pair_in(State.HELLO_RECEIVED, ClientKind.REPRESENTATIVE)
     with pytest.raises(ProtocolViolation):
@@ -651,6 +717,8 @@ MESSAGE_STRATEGIES: dict[type[BaseModel], st.SearchStrategy[Any]] = {
     ReportHome: st.builds(ReportHome, node_guid=_guid),
     GenerateSessionKey: st.builds(GenerateSessionKey, queue_id=st.none() | _printable,
                                   ttl=st.none() | st.integers(-(2**53 - 1), 2**53 - 1)),
+    RefreshGrant: st.builds(RefreshGrant, session_id=_ident, stream=st.sampled_from(StreamKind),
+                            direction=st.sampled_from(StreamDirection)),
     Welcome: st.builds(Welcome, client_id=_ident, epoch=st.integers(0, 2**40),
                        master_addresses=st.lists(_url, min_size=1, max_size=4).map(tuple)),
     Error: st.builds(Error, code=st.sampled_from(ErrorCode), message=st.just("") | _printable,

@@ -35,6 +35,9 @@ The message sequence of a support session::
                                        ◀──────────────────────────── show_my_screen off
                        ◀──────────── stream_revoked                 (the rep stops sending,
         (the customer leaves the rep's home node)                    stays connected)
+    refresh_grant ─────────────────▶ (a stream still held, its token's connect window
+                       ◀──────────── stream_grant     over: the same node, a new token;
+                                       or error: session_not_found, grant_revoked, …)
     chat ◀───────────────────────────▶ chat (to every participant)
     end_session ───────────────────▶ session_ended ───────────────▶
 
@@ -86,7 +89,13 @@ from atlas.broker.session_keys import (
     SessionKeyStore,
     SessionKeyStoreFull,
 )
-from atlas.broker.session_state import SessionState, SessionTransitionError, SupportSession
+from atlas.broker.session_state import (
+    PUBLISHER,
+    GrantCheck,
+    SessionState,
+    SessionTransitionError,
+    SupportSession,
+)
 from atlas.broker.stream_tokens import Direction, StreamSigner, load_or_create_signer
 from atlas.model.config import ClusterConfig, TrafficNode
 from atlas.protocol.control import (
@@ -114,6 +123,7 @@ from atlas.protocol.control import (
     Queue,
     QueueEntry,
     QueueList,
+    RefreshGrant,
     ReportHome,
     SessionAccepted,
     SessionEnded,
@@ -188,7 +198,9 @@ class BrokerSettings:
     heartbeat_seconds: float = 20.0
     """WebSocket ping interval of the control connection (finds dead transports)."""
     token_ttl_seconds: float = 120.0
-    """How long a stream grant's token may be used to connect."""
+    """How long a stream grant's token may be used to connect (an open connection
+    outlives it; to reconnect later a participant asks for a fresh one,
+    ``refresh_grant``)."""
     rep_login_failures: int = 20
     rep_login_window_seconds: float = 300.0
     """Wrong representative logins allowed per source address within the window."""
@@ -543,6 +555,8 @@ class Broker:
                 self._report_home(peer, message)
             case GenerateSessionKey():
                 self._generate_session_key(peer, message)
+            case RefreshGrant():
+                self._refresh_grant(peer, message)
 
     # --- hello and authentication ------------------------------------------------------
 
@@ -1017,6 +1031,37 @@ class Broker:
                 record, customer_id, stream, StreamDirection.SUBSCRIBE, rep_home)))
         else:
             self._send_to(customer_id, StreamRevoked(session_id=record.id, stream=stream))
+
+    def _refresh_grant(self, peer: Peer, message: RefreshGrant) -> None:
+        """A fresh token for a stream the participant still holds (same stream, direction
+        and node: the publisher's home node of this session), or an ``error`` saying why
+        not. The grants held are :data:`atlas.broker.session_state.STREAM_GRANTS`."""
+        record = self._participant_session(peer, message.session_id)
+        if record is None:
+            return
+        state = record.state
+        what = f"{message.direction.value} {message.stream.value}"
+        check = state.grant(peer.client_id or "", message.stream, message.direction)
+        assert check is not None  # _participant_session checked it is a participant
+        if check is GrantCheck.REVOKED:
+            peer.link.send(_error(ErrorCode.GRANT_REVOKED,
+                                  f"your grant to {what} in session {record.id} was revoked"))
+            return
+        if check is not GrantCheck.HELD:
+            why = ("the session has not started" if check is GrantCheck.NOT_STARTED
+                   else "it was never granted to you in this session")
+            peer.link.send(_error(ErrorCode.STREAM_NOT_GRANTED,
+                                  f"you hold no grant to {what} in session {record.id}: {why}"))
+            return
+        publisher = state.participant_id(PUBLISHER[message.stream])
+        home = record.homes.get(publisher or "")
+        if home is None:  # a started session knows both homes
+            peer.link.send(_error(ErrorCode.INTERNAL_ERROR,
+                                  f"no home node is known for {message.stream.value}"))
+            return
+        assert peer.client_id is not None
+        peer.link.send(StreamGranted(session_id=record.id, grant=self._grant(
+            record, peer.client_id, message.stream, message.direction, home)))
 
     def _end_session(self, peer: Peer, message: EndSession) -> None:
         record = self._participant_session(peer, message.session_id)

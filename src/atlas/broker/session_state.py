@@ -7,7 +7,9 @@ Screen on and off (guide, "Run Test Connections": the customer then also connect
 representative's home traffic node).
 
 Everything that moves a session lives in the two tables below, h11-style; the rest of
-the broker asks :func:`next_state` and never sets a state itself. Pure: times are passed
+the broker asks :func:`next_state` and never sets a state itself. Which streams each
+participant holds in each state is a third table, :data:`STREAM_GRANTS`, which the
+broker asks (:func:`grant_check`) before it renews a grant's token. Pure: times are passed
 in (``now``, seconds since the epoch), nothing here reads a clock.
 
 A refused transition raises :class:`SessionTransitionError` — the broker asked for
@@ -23,18 +25,23 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Final
 
-from atlas.protocol.control import EndReason
+from atlas.protocol.control import EndReason, StreamDirection, StreamKind
 
 __all__ = [
     "END_REASONS",
+    "PUBLISHER",
     "RESTART_REASONS",
+    "STREAM_GRANTS",
     "TRANSITIONS",
     "EndReason",
+    "GrantCheck",
+    "Participant",
     "SessionEvent",
     "SessionState",
     "SessionTransitionError",
     "SupportSession",
     "end_message",
+    "grant_check",
     "next_state",
 ]
 
@@ -100,6 +107,71 @@ RESTART_REASONS: Final = frozenset({EndReason.TRAFFIC_NODE_OFFLINE})
 """Reasons after which the participants are told to restart the session."""
 
 
+class Participant(StrEnum):
+    """A participant's part in a support session."""
+
+    CUSTOMER = "customer"
+    REPRESENTATIVE = "representative"
+
+
+_PUB, _SUB = StreamDirection.PUBLISH, StreamDirection.SUBSCRIBE
+_CUSTOMER_SCREEN, _REP_SCREEN = StreamKind.CUSTOMER_SCREEN, StreamKind.REPRESENTATIVE_SCREEN
+_STARTED_GRANTS: Final[Mapping[Participant, frozenset[tuple[StreamKind, StreamDirection]]]] = {
+    Participant.CUSTOMER: frozenset({(_CUSTOMER_SCREEN, _PUB)}),
+    Participant.REPRESENTATIVE: frozenset({(_CUSTOMER_SCREEN, _SUB), (_REP_SCREEN, _PUB)}),
+}
+
+# STREAM_GRANTS[state][participant]: the (stream, direction) grants the participant holds
+# in that state (DESIGN.md §2). Rules: nothing before the session starts or after it
+# ends; once started, the customer publishes its screen and the representative views it
+# and publishes its own (on standby until Show My Screen); with Show My Screen on, the
+# customer also views the representative's screen — and loses that grant when it is
+# turned off again. A grant is renewed (a fresh token) only while it is held.
+STREAM_GRANTS: Final[
+    Mapping[SessionState, Mapping[Participant, frozenset[tuple[StreamKind, StreamDirection]]]]
+] = {
+    _Q: {Participant.CUSTOMER: frozenset(), Participant.REPRESENTATIVE: frozenset()},
+    _A: {Participant.CUSTOMER: frozenset(), Participant.REPRESENTATIVE: frozenset()},
+    _S: _STARTED_GRANTS,
+    _SMS: {
+        Participant.CUSTOMER: _STARTED_GRANTS[Participant.CUSTOMER] | {(_REP_SCREEN, _SUB)},
+        Participant.REPRESENTATIVE: _STARTED_GRANTS[Participant.REPRESENTATIVE],
+    },
+    _E: {Participant.CUSTOMER: frozenset(), Participant.REPRESENTATIVE: frozenset()},
+}
+
+PUBLISHER: Final[Mapping[StreamKind, Participant]] = {
+    _CUSTOMER_SCREEN: Participant.CUSTOMER,
+    _REP_SCREEN: Participant.REPRESENTATIVE,
+}
+"""Whose screen a stream is; its grants are all for the publisher's home traffic node."""
+
+
+class GrantCheck(StrEnum):
+    """Whether a participant holds a stream grant now (:func:`grant_check`)."""
+
+    HELD = "held"
+    REVOKED = "revoked"  # held in an earlier state of this session, not now
+    NOT_STARTED = "not_started"  # the session has not started (or has ended)
+    NOT_GRANTED = "not_granted"  # not held now, nor at any time before
+
+
+def grant_check(state: SessionState, participant: Participant, stream: StreamKind,
+                direction: StreamDirection,
+                visited: frozenset[SessionState] = frozenset()) -> GrantCheck:
+    """Whether ``participant`` holds the grant to ``direction`` ``stream`` in ``state``;
+    ``visited``: the states the session went through before (to tell a grant taken back
+    from one never given)."""
+    wanted = (stream, direction)
+    if wanted in STREAM_GRANTS[state][participant]:
+        return GrantCheck.HELD
+    if state not in (_S, _SMS):
+        return GrantCheck.NOT_STARTED
+    if any(wanted in STREAM_GRANTS[before][participant] for before in visited):
+        return GrantCheck.REVOKED
+    return GrantCheck.NOT_GRANTED
+
+
 class SessionTransitionError(Exception):
     """The session's state does not allow the event (the broker's request, refused)."""
 
@@ -161,6 +233,8 @@ class SupportSession:
     ended_at: float | None = None
     end_reason: EndReason | None = None
     offline_node_name: str | None = None
+    visited: frozenset[SessionState] = frozenset({SessionState.QUEUED})
+    """Every state the session has been in, this one included."""
 
     @property
     def is_started(self) -> bool:
@@ -179,23 +253,48 @@ class SupportSession:
         """Whether the participants should restart it (a traffic node went offline)."""
         return self.end_reason in RESTART_REASONS
 
+    def part_of(self, client_id: str) -> Participant | None:
+        """``client_id``'s part in this session, or ``None`` if it takes no part."""
+        if client_id == self.customer_id:
+            return Participant.CUSTOMER
+        if client_id == self.representative_id:
+            return Participant.REPRESENTATIVE
+        return None
+
+    def participant_id(self, participant: Participant) -> str | None:
+        """The client id of ``participant`` (``None``: no representative yet)."""
+        if participant is Participant.CUSTOMER:
+            return self.customer_id
+        return self.representative_id
+
     def participants(self) -> tuple[str, ...]:
         """Client ids of the customer and, once accepted, the representative."""
         if self.representative_id is None:
             return (self.customer_id,)
         return (self.customer_id, self.representative_id)
 
+    def grant(self, client_id: str, stream: StreamKind,
+              direction: StreamDirection) -> GrantCheck | None:
+        """Whether ``client_id`` holds that grant now; ``None``: it takes no part."""
+        part = self.part_of(client_id)
+        if part is None:
+            return None
+        return grant_check(self.state, part, stream, direction, self.visited)
+
     def accept(self, representative_id: str, now: float) -> SupportSession:
         state = next_state(self.state, SessionEvent.ACCEPT)
-        return replace(self, state=state, representative_id=representative_id, accepted_at=now)
+        return replace(self, state=state, visited=self.visited | {state},
+                       representative_id=representative_id, accepted_at=now)
 
     def start(self, now: float) -> SupportSession:
-        return replace(self, state=next_state(self.state, SessionEvent.START), started_at=now)
+        state = next_state(self.state, SessionEvent.START)
+        return replace(self, state=state, visited=self.visited | {state}, started_at=now)
 
     def set_show_my_screen(self, on: bool, now: float) -> SupportSession:
         event = SessionEvent.SHOW_MY_SCREEN_ON if on else SessionEvent.SHOW_MY_SCREEN_OFF
         state = next_state(self.state, event)
-        return replace(self, state=state, show_my_screen_since=now if on else None)
+        return replace(self, state=state, visited=self.visited | {state},
+                       show_my_screen_since=now if on else None)
 
     def end(
         self, reason: EndReason, now: float, *, node_name: str | None = None
@@ -208,6 +307,7 @@ class SupportSession:
         return replace(
             self,
             state=state,
+            visited=self.visited | {state},
             ended_at=now,
             end_reason=reason,
             offline_node_name=node_name,

@@ -16,7 +16,8 @@ A token is a JWT (RFC 7519) signed with Ed25519 (``alg: EdDSA``, RFC 8037). Clai
 ``stream`` stream name, e.g. ``"screen:customer"``
 ``iat``    issued at (seconds)
 ``exp``    last moment to *connect* with it (default 60 s after ``iat``); an open
-           stream connection outlives it
+           stream connection outlives it, and to reconnect later the participant asks
+           the master for a fresh token (``refresh_grant``, :func:`connect_window`)
 ``jti``    random token id
 ========== ==========================================================================
 
@@ -332,6 +333,28 @@ class StreamKeyring:
                 f"the stream token allows to {grant.direction}, not to {direction}"
             )
         return grant
+
+
+def connect_window(token: str) -> float | None:
+    """How long ``token`` lets one connect, as issued (``exp`` − ``iat``, seconds), read
+    *without* verifying it; ``None`` if it does not say.
+
+    For the client holding the token, not for a node deciding anything: counted from
+    when the grant arrived, it tells when to ask the master for a fresh one, whatever
+    the difference between the client's clock and the master's.
+    """
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except jwt.PyJWTError:
+        return None
+    iat, exp = claims.get("iat"), claims.get("exp")
+    if (isinstance(iat, bool) or isinstance(exp, bool)
+            or not isinstance(iat, int | float) or not isinstance(exp, int | float)):
+        return None
+    window = float(exp) - float(iat)
+    return window if window >= 0 else None
 
 
 def _grant(claims: Mapping[str, Any], *, kid: str) -> StreamGrant:

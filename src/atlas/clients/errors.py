@@ -117,6 +117,9 @@ REFUSALS: Final[Mapping[ErrorCode, Refusal]] = {
     ErrorCode.QUEUE_EMPTY: Refusal("queue empty", EXIT_FAILED),
     ErrorCode.SESSION_NOT_FOUND: Refusal("session not found", EXIT_FAILED),
     ErrorCode.NOT_ALLOWED: Refusal("not allowed", EXIT_FAILED),
+    ErrorCode.GRANT_REVOKED: Refusal("stream taken back", EXIT_FAILED),
+    ErrorCode.STREAM_NOT_GRANTED: Refusal("stream not granted", EXIT_FAILED),
+    ErrorCode.BAD_REQUEST: Refusal("bad request", EXIT_USAGE),
     ErrorCode.INTERNAL_ERROR: Refusal("site error", EXIT_FAILED),
 }
 _DEFAULT_REFUSAL: Final = Refusal("refused", EXIT_FAILED)

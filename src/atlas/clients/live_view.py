@@ -5,6 +5,11 @@ one screen up to date: the session and its home node, the nodes in use (guide, "
 Connections": master, own home node, the customer's home node), and per stream the frame
 rate, the latency (frame timestamp against now), bytes and frames — with the last few
 status lines below.
+
+The console's own screen (``publish screen:representative``) is connected to its home
+node for the whole session, sending only while Show My Screen is on: the row stays,
+labelled *standby* while it sends nothing. A node that is the session's home node is
+labelled *home*.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ from rich.text import Text
 from atlas.clients.report import EVENTS, Report, describe
 
 LOG_LINES = 8
+OWN_SCREEN = "publish screen:representative"
+"""The console's own screen: on standby, connected to its home node, until Show My Screen."""
 
 
 def _size(n: float) -> str:
@@ -44,6 +51,7 @@ class LiveView:
         self.home: dict[str, Any] | None = None
         self.nodes: dict[str, dict[str, Any]] = {}  # "direction stream" → node
         self.stats: dict[str, dict[str, Any]] = {}  # "direction stream" → stats
+        self.showing_my_screen = False
         self.log: deque[str] = deque(maxlen=LOG_LINES)
         self._live = Live(get_renderable=self.render, console=self.console,
                           refresh_per_second=4, transient=False)
@@ -79,6 +87,7 @@ class LiveView:
                 self.status = "in session"
                 self.nodes.clear()
                 self.stats.clear()
+                self.showing_my_screen = False
                 for s in f.get("streams") or ():
                     self.nodes[f"{s['direction']} {s['stream']}"] = {
                         "name": s["node"], "guid": s["node_guid"], "state": "connecting"}
@@ -91,9 +100,11 @@ class LiveView:
             case "ended":
                 self.status = f"session ended: {f.get('message')}"
                 self.session = None
-            case "show_my_screen" if not f.get("on"):
-                self.nodes.pop("publish screen:representative", None)
-                self.stats.pop("publish screen:representative", None)
+            case "show_my_screen":
+                # the connection stays (standby); only the sending stops
+                self.showing_my_screen = bool(f.get("on"))
+                if not self.showing_my_screen:
+                    self.stats.pop(OWN_SCREEN, None)
             case "failed":
                 self.status = f"error: {f.get('error')}"
             case "done":
@@ -117,13 +128,20 @@ class LiveView:
             streams.add_column(column)
         streams.add_row("control", self.master_name, self.status.split(" — ")[0], "", "", "",
                         "", "")
+        home_guid = self.home.get("guid") if self.home else None
         for key, node in self.nodes.items():
             s = self.stats.get(key, {})
+            label = key
+            if key == OWN_SCREEN and not self.showing_my_screen:
+                label = f"{key} (standby)"
+            name = f"{node.get('name')}"
+            if home_guid is not None and node.get("guid") == home_guid:
+                name += " (home)"
             lat = "–"
             if s.get("latency_ms") is not None:
                 lat = f"{s['latency_ms']:.1f} / {s.get('latency_avg_ms') or 0:.1f} / " \
                       f"{s.get('latency_max_ms') or 0:.1f}"
-            streams.add_row(key, f"{node.get('name')}", str(node.get("state")),
+            streams.add_row(label, name, str(node.get("state")),
                             f"{s.get('fps', 0):.1f}" if s else "–", lat,
                             _size(float(s.get("bytes", 0))) if s else "–",
                             str(s.get("frames", "–")), str(s.get("skipped", "–")))

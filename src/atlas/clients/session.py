@@ -15,6 +15,13 @@ and unmakes them, and says which nodes are in use — what the cluster test chec
 publisher may be held on standby (connected, sending nothing): the representative's
 ``screen:representative`` from the session's start until Show My Screen is on.
 
+A stream that must reconnect after its token's connect window passed (a node restarted
+late in a long session) first asks the master for a fresh grant (``refresh_grant``,
+:meth:`ParticipantSession.request_refresh`); the answer is a ``stream_grant`` for a
+stream already held — a renewal, not a new stream — or an ``error``
+(``session_not_found``, ``grant_revoked``, ``stream_not_granted``), which stops that
+stream's runner and leaves the rest to the master's messages about the session.
+
 A traffic node that goes offline mid-session (guide, "Check Connections"): the stream
 runners reconnect to the same node for a bounded window; the master ends the session
 with reason ``traffic_node_offline`` and ``restart``, and queues it again at once — the
@@ -55,6 +62,7 @@ from atlas.clients.streams import (
     DEFAULT_FPS,
     FrameReceived,
     FrameSent,
+    GrantRefreshed,
     RetryPolicy,
     ScreenPublisher,
     StreamDown,
@@ -72,8 +80,10 @@ from atlas.protocol.control import (
     ClientKind,
     EndSession,
     Error,
+    ErrorCode,
     HomeNodeDirective,
     NodeRef,
+    RefreshGrant,
     SessionEnded,
     SessionStarted,
     StreamDirection,
@@ -88,6 +98,9 @@ log = logging.getLogger("atlas.clients.session")
 
 EVENT_QUEUE: Final = 512
 GOODBYE_TIMEOUT: Final = 3.0
+REFRESH_REFUSALS: Final = frozenset({
+    ErrorCode.SESSION_NOT_FOUND, ErrorCode.GRANT_REVOKED, ErrorCode.STREAM_NOT_GRANTED})
+"""The ``error`` codes with which the master refuses ``refresh_grant``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +159,7 @@ class ParticipantSession:
         self.runners: dict[StreamKind, StreamRunner] = {}
         self.tasks: dict[StreamKind, asyncio.Task[None]] = {}
         self.publish_frames: int | None = None
+        self.refreshing: list[StreamKind] = []  # refresh_grant sent, oldest first
 
     def nodes_in_use(self) -> list[dict[str, str]]:
         """The home node, then every node a stream of ours is connected to."""
@@ -160,11 +174,46 @@ class ParticipantSession:
                  "node": r.target.node.name, "node_guid": r.target.node.guid}
                 for r in self.runners.values()]
 
+    def holds(self, stream: StreamKind, direction: StreamDirection) -> bool:
+        """Whether a runner of ours is connected (or connecting) ``direction`` ``stream``."""
+        runner = self.runners.get(stream)
+        task = self.tasks.get(stream)
+        return (runner is not None and runner.target.direction is direction
+                and task is not None and not task.done())
+
+    async def request_refresh(self, target: StreamTarget) -> bool:
+        """Ask the master for a fresh grant of ``target`` (a runner's ``refresh``)."""
+        if target.session_id != self.session_id:
+            return False
+        sent = await self.app.send(RefreshGrant(session_id=self.session_id,
+                                                stream=target.stream,
+                                                direction=target.direction))
+        if sent:
+            self.refreshing.append(target.stream)
+        return sent
+
+    def refresh_answered(self, stream: StreamKind) -> None:
+        with contextlib.suppress(ValueError):
+            self.refreshing.remove(stream)
+
+    def refresh_refused(self, error: Error) -> bool:
+        """The master refused the oldest outstanding ``refresh_grant``: it answers every
+        request once and in order, and the other requests that could draw these codes
+        (chat, end) are only sent for the session we are in. ``False`` if none was
+        outstanding."""
+        if error.code not in REFRESH_REFUSALS or not self.refreshing:
+            return False
+        runner = self.runners.get(self.refreshing.pop(0))
+        if runner is not None:
+            runner.grant_refused(f"{error.code.value}: {error.message}")
+        return True
+
     def apply_grant(self, grant: StreamGrant) -> None:
         """Connect the granted stream (a repeated grant renews the token or moves it)."""
         target = StreamTarget.from_grant(self.session_id, grant)
         runner = self.runners.get(grant.stream)
         task = self.tasks.get(grant.stream)
+        self.refresh_answered(grant.stream)
         if runner is not None and task is not None and not task.done():
             runner.replace_target(target)
             return
@@ -176,7 +225,7 @@ class ParticipantSession:
                 fps=app.settings.screen.fps, policy=app.settings.retry,
                 transport=app.settings.transport, counter_start=app.frame_counter,
                 report_frames=app.settings.report_frames,
-                sending=app.sends_at_once(grant.stream),
+                sending=app.sends_at_once(grant.stream), refresh=self.request_refresh,
             )
             self.runners[grant.stream] = pub
             self.tasks[grant.stream] = app.spawn(pub.run(self.publish_frames),
@@ -184,7 +233,8 @@ class ParticipantSession:
         else:
             viewer = StreamViewer(target, network=app.control.network,
                                   on_event=app.stream_event, decode=app.decode_frames,
-                                  policy=app.settings.retry, transport=app.settings.transport)
+                                  policy=app.settings.retry, transport=app.settings.transport,
+                                  refresh=self.request_refresh)
             self.runners[grant.stream] = viewer
             self.tasks[grant.stream] = app.spawn(viewer.run(), f"view {grant.stream}")
 
@@ -436,11 +486,14 @@ class ClientApp:
             case SessionStarted():
                 await self.on_started(event)
             case StreamGranted():
-                if self.session is not None and self.session.session_id == event.session_id:
-                    self.session.apply_grant(event.grant)
-                    if event.grant.stream is StreamKind.REPRESENTATIVE_SCREEN:
+                session = self.session
+                if session is not None and session.session_id == event.session_id:
+                    grant = event.grant
+                    renewal = session.holds(grant.stream, grant.direction)
+                    session.apply_grant(grant)
+                    if grant.stream is StreamKind.REPRESENTATIVE_SCREEN and not renewal:
                         self.emit("show_my_screen", session_id=event.session_id, on=True,
-                                  node=node_dict(event.grant.node))
+                                  node=node_dict(grant.node))
             case StreamRevoked():
                 if self.session is not None and self.session.session_id == event.session_id:
                     await self.session.revoke(event.stream)
@@ -454,9 +507,15 @@ class ClientApp:
             case Error():
                 self.emit("error", code=event.code.value, message=event.message,
                           retry_after_seconds=event.retry_after_seconds)
+                if self.session is not None and self.session.refresh_refused(event):
+                    return  # the answer to a stream's refresh_grant: that runner stops
                 await self.on_error(event)
             case StreamUp() | StreamDown() | StreamLost() | StreamFinished():
                 await self.on_stream_state(event)
+            case GrantRefreshed():
+                self.emit("stream", stream=event.stream.value, direction=event.direction.value,
+                          node=event.node.name, node_guid=event.node.guid,
+                          state="grant renewed", reason="a fresh token from the master")
             case FrameReceived():
                 await self.on_frame(event)
             case FrameSent():
@@ -498,7 +557,8 @@ class ClientApp:
                               ) -> None:
         """Report it. A stream given up on (:class:`StreamLost`) is left to the master:
         it sees the node offline, ends the session with ``restart`` and hands out the
-        node to use next (DESIGN.md §2)."""
+        node to use next (DESIGN.md §2). A connection that broke without an end (the node
+        died: 1006) is reported as lost, one the node or publisher ended as closed."""
         if self.session is not None:
             runner = self.session.runners.get(event.stream)
             if isinstance(runner, ScreenPublisher):
@@ -507,8 +567,10 @@ class ClientApp:
             case StreamUp():
                 state = "reconnected" if event.reconnected else "connected"
                 reason = ""
-            case StreamDown():
+            case StreamDown() if event.lost:
                 state, reason = "lost; retrying the same node", event.reason
+            case StreamDown():
+                state, reason = "closed; reconnecting to the same node", event.reason
             case StreamLost():
                 state, reason = "gave up on the node; waiting for the master", event.reason
             case StreamFinished():

@@ -10,8 +10,21 @@ backoff, for at most :attr:`RetryPolicy.same_node_window` seconds; after that th
 reports :class:`StreamLost` and stops, and the session logic asks the master for what
 to do next (it ends the session with a restart advice, then hands out a new home node:
 no client is stranded on a dead node). A fresh grant from the master
-(:meth:`StreamRunner.replace_target`) is used for the next attempt at once — stream
-tokens only open connections for a minute.
+(:meth:`StreamRunner.replace_target`) is used for the next attempt at once.
+
+Stream tokens only open connections for a while after they are issued (the master's
+``token_ttl_seconds``, 2 minutes): an open connection outlives its token, but one that
+drops late in a long session cannot be re-made with it. So before (re)connecting with a
+token that has expired or is about to (:attr:`StreamTarget.connect_by`, counted from
+when the grant arrived), and when the node refuses a token as expired, the runner asks
+its ``refresh`` callback — the session sends ``refresh_grant`` to the master — and
+waits for the fresh grant (:meth:`~StreamRunner.replace_target`) or the master's
+refusal (:meth:`~StreamRunner.grant_refused`: the runner stops, the master's word on the
+session follows).
+
+A connection that breaks without an end (close code 1006: the node crashed or was
+killed, the network failed) is reported as lost (:attr:`StreamDown.lost`), unlike one
+the node or the publisher ended with a reason.
 
 A publisher may be held on **standby** (``sending=False``): connected to its home node,
 so the node lists it (guide: the representative console is connected to its own home
@@ -36,6 +49,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final
 
+from atlas.broker.stream_tokens import connect_window
 from atlas.clients.errors import SessionFailed
 from atlas.clients.network import NetworkSettings, connect_failure, https_base_of
 from atlas.clients.screen import ScreenSource
@@ -51,6 +65,7 @@ from atlas.clients.stats import FrameStats
 from atlas.protocol.control import NodeRef, StreamDirection, StreamGrant, StreamKind
 from atlas.protocol.frames import CloseCode, Frame, FrameType
 from atlas.relay.client import (
+    ABNORMAL_CLOSURE,
     StreamClosed,
     StreamPublisher,
     StreamRefused,
@@ -70,17 +85,32 @@ MAX_FPS: Final = 60.0
 
 @dataclass(frozen=True, slots=True)
 class StreamTarget:
-    """Where and with what permission to connect one stream."""
+    """Where and with what permission to connect one stream.
+
+    ``connect_by`` (monotonic seconds, ``None``: unknown) is when the token stops
+    opening connections, counted from when the grant arrived."""
 
     session_id: str
     stream: StreamKind
     direction: StreamDirection
     node: NodeRef
     token: str
+    connect_by: float | None = None
 
     @classmethod
-    def from_grant(cls, session_id: str, grant: StreamGrant) -> StreamTarget:
-        return cls(session_id, grant.stream, grant.direction, grant.node, grant.token)
+    def from_grant(cls, session_id: str, grant: StreamGrant,
+                   received_at: float | None = None) -> StreamTarget:
+        """The target of ``grant``, which arrived at ``received_at`` (monotonic; now)."""
+        window = connect_window(grant.token)
+        arrived = time.monotonic() if received_at is None else received_at
+        return cls(session_id, grant.stream, grant.direction, grant.node, grant.token,
+                   None if window is None else arrived + window)
+
+    def expires_within(self, margin: float, now: float | None = None) -> bool:
+        """Whether the token stops opening connections within ``margin`` seconds."""
+        if self.connect_by is None:
+            return False
+        return (time.monotonic() if now is None else now) >= self.connect_by - margin
 
     @property
     def url(self) -> str:
@@ -95,6 +125,11 @@ class RetryPolicy:
     backoff_initial: float = 0.25
     backoff_max: float = 4.0
     connect_timeout: float = 10.0
+    refresh_margin: float = 10.0
+    """Ask for a fresh grant when the token's connect window ends within this long."""
+    refresh_timeout: float = 10.0
+    """How long to wait for the master's answer to ``refresh_grant`` before trying the
+    token held anyway (the control connection may be reconnecting)."""
 
 
 # --- what a runner reports -----------------------------------------------------------
@@ -110,13 +145,27 @@ class StreamUp:
 
 @dataclass(frozen=True, slots=True)
 class StreamDown:
-    """The connection dropped; the runner retries the same node (``retrying``)."""
+    """The connection dropped or could not be made; the runner retries the same node
+    (``retrying``). ``lost``: it broke without an end (close code 1006, a reset) or the
+    node could not be reached — the node or the network failed — rather than being
+    ended or refused by the node with a reason (``code``: the close code, if any)."""
 
     stream: StreamKind
     direction: StreamDirection
     node: NodeRef
     reason: str
     retrying: bool = True
+    lost: bool = True
+    code: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRefreshed:
+    """The master renewed the grant (a fresh token) before a reconnect."""
+
+    stream: StreamKind
+    direction: StreamDirection
+    node: NodeRef
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +212,31 @@ class FrameReceived:
     picture: DecodedFrame | None
 
 
-StreamEvent = StreamUp | StreamDown | StreamLost | StreamFinished | FrameSent | FrameReceived
+StreamEvent = (StreamUp | StreamDown | StreamLost | StreamFinished | GrantRefreshed | FrameSent
+               | FrameReceived)
 EventCallback = Callable[[StreamEvent], Awaitable[None]]
+GrantRefresher = Callable[[StreamTarget], Awaitable[bool]]
+"""Asks the master for a fresh grant of a target (sends ``refresh_grant``); ``False`` if
+it could not be asked (no control connection). The answer comes back through
+:meth:`StreamRunner.replace_target` or :meth:`StreamRunner.grant_refused`."""
+
+
+def _closed_down(target: StreamTarget, exc: StreamClosed, ended: str) -> StreamDown:
+    """How a connection that closed is reported: lost (1006) or ended with a reason."""
+    name = target.node.name
+    if exc.code == ABNORMAL_CLOSURE:
+        return StreamDown(target.stream, target.direction, target.node,
+                          f"connection to {name} lost ({exc.code}: {exc.reason})",
+                          lost=True, code=exc.code)
+    return StreamDown(target.stream, target.direction, target.node,
+                      f"{name} {ended} ({exc.code}: {exc.reason})", lost=False,
+                      code=exc.code)
+
+
+def _says_expired(exc: StreamRefused) -> bool:
+    """The node refused the token because its connect window is over."""
+    return exc.status == 401 and (exc.error == "TokenExpired"
+                                  or "expired" in exc.message.lower())
 
 
 # --- the common part: connect to one node, retrying within the window ----------------
@@ -175,15 +247,17 @@ class StreamRunner:
 
     def __init__(self, target: StreamTarget, *, network: NetworkSettings,
                  on_event: EventCallback, policy: RetryPolicy | None = None,
-                 transport: Transport = "atlas-stream", rng: random.Random | None = None
-                 ) -> None:
+                 transport: Transport = "atlas-stream", rng: random.Random | None = None,
+                 refresh: GrantRefresher | None = None) -> None:
         self.target = target
         self.network = network
         self.on_event = on_event
         self.policy = policy or RetryPolicy()
         self.transport: Transport = transport
+        self.refresh = refresh
         self._rng = rng or random.Random()
         self._new_target = asyncio.Event()
+        self._refusal: str | None = None
         self._stopping = False
 
     def replace_target(self, target: StreamTarget) -> None:
@@ -191,30 +265,77 @@ class StreamRunner:
         self.target = target
         self._new_target.set()
 
+    def grant_refused(self, reason: str) -> None:
+        """The master refused to renew the grant (``refresh_grant``): the runner stops
+        at its next connection attempt and reports :class:`StreamLost`."""
+        self._refusal = reason
+        self._new_target.set()
+
     def stop(self) -> None:
         self._stopping = True
         self._new_target.set()  # wakes a retry wait
 
+    def _needs_refresh(self, target: StreamTarget) -> bool:
+        return self.refresh is not None and target.expires_within(self.policy.refresh_margin)
+
+    async def _fresh_target(self, stale: StreamTarget) -> StreamTarget:
+        """Ask the master for a fresh grant of ``stale`` and wait for it (at most
+        :attr:`RetryPolicy.refresh_timeout`); the target held if no answer came."""
+        assert self.refresh is not None
+        self._new_target.clear()
+        if not await self.refresh(stale):
+            return self.target
+        try:
+            async with asyncio.timeout(self.policy.refresh_timeout):
+                while (self.target is stale and self._refusal is None
+                       and not self._stopping):
+                    await self._new_target.wait()
+                    self._new_target.clear()
+        except TimeoutError:
+            log.info("%s %s: no fresh grant from the master within %g s; trying the token "
+                     "held", stale.stream, stale.direction, self.policy.refresh_timeout)
+        if self._stopping:
+            raise _Stopped
+        if self._refusal is not None:
+            raise _GrantRefused(self._refusal)
+        fresh = self.target
+        if fresh is not stale:
+            await self.on_event(GrantRefreshed(fresh.stream, fresh.direction, fresh.node))
+        return fresh
+
     async def _connect_with_retry(self, first: bool, reason: str) -> StreamPublisher | \
             StreamSubscriber:
-        """Connect (again) to the target's node, retrying within the window."""
+        """Connect (again) to the target's node, retrying within the window; with a
+        fresh grant first when the token held no longer opens connections."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.policy.same_node_window
         delay = self.policy.backoff_initial
         last = reason
+        expired = False  # the node said so of the token held
         while True:
             if self._stopping:
                 raise _Stopped
+            if self._refusal is not None:
+                raise _GrantRefused(self._refusal)
             target = self.target
+            refreshed = False
+            if self.refresh is not None and (expired or self._needs_refresh(target)):
+                target = await self._fresh_target(target)
+                refreshed = True
+            expired = refused = False
             self._new_target.clear()
             try:
                 endpoint = await self._open(target)
             except StreamRefused as exc:
+                refused = True
                 if exc.status in (403, 409):  # not ours to publish or view: no retry helps
                     raise SessionFailed(
                         "stream_refused", f"{target.node.name} refused the {target.stream} "
                         f"{target.direction} connection: {exc}") from None
                 last = f"{target.node.name} refused: {exc.message}"
+                expired = _says_expired(exc)
+                if expired and not refreshed and self.refresh is not None:
+                    continue  # ask for a fresh grant at once, no backoff
             except (OSError, TimeoutError, ConnectionError) as exc:
                 last = str(connect_failure(exc, target.node.name))
             else:
@@ -229,7 +350,8 @@ class StreamRunner:
                 raise _WindowPassed(last)
             log.info("%s %s on %s: %s; retrying", target.stream, target.direction,
                      target.node.name, last)
-            await self.on_event(StreamDown(target.stream, target.direction, target.node, last))
+            await self.on_event(StreamDown(target.stream, target.direction, target.node, last,
+                                           lost=not refused))
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(left, delay * (0.5 + self._rng.random()))):
                     await self._new_target.wait()
@@ -244,6 +366,10 @@ class StreamRunner:
 
 
 class _WindowPassed(Exception):
+    pass
+
+
+class _GrantRefused(Exception):
     pass
 
 
@@ -267,9 +393,9 @@ class ScreenPublisher(StreamRunner):
                  encoder: ScreenEncoder | None = None, fps: float = DEFAULT_FPS,
                  policy: RetryPolicy | None = None, transport: Transport = "atlas-stream",
                  counter_start: int = 0, report_frames: bool = False,
-                 sending: bool = True) -> None:
+                 sending: bool = True, refresh: GrantRefresher | None = None) -> None:
         super().__init__(target, network=network, on_event=on_event, policy=policy,
-                         transport=transport)
+                         transport=transport, refresh=refresh)
         if not 0 < fps <= MAX_FPS:
             raise ValueError(f"fps must be above 0 and at most {MAX_FPS:g}")
         if source is None and source_factory is None:
@@ -345,6 +471,9 @@ class ScreenPublisher(StreamRunner):
             except _WindowPassed as exc:
                 await self._lost(str(exc))
                 return
+            except _GrantRefused as exc:
+                await self._lost(f"the master did not renew the grant: {exc}")
+                return
             except _Stopped:
                 return
             assert isinstance(endpoint, StreamPublisher)
@@ -385,12 +514,14 @@ class ScreenPublisher(StreamRunner):
                 if exc.code == CloseCode.REPLACED:
                     await self._finished("replaced by a newer connection of ours")
                     return
-                reason = f"{self.target.node.name} closed the stream ({exc.code}: {exc.reason})"
+                down = _closed_down(self.target, exc, "closed the stream")
             except (OSError, ConnectionError) as exc:
-                reason = f"connection to {self.target.node.name} lost: {exc}"
+                t = self.target
+                down = StreamDown(t.stream, t.direction, t.node,
+                                  f"connection to {t.node.name} lost: {exc}")
             endpoint.abort()
-            t = self.target
-            await self.on_event(StreamDown(t.stream, t.direction, t.node, reason))
+            reason = down.reason
+            await self.on_event(down)
 
     async def _finished(self, reason: str) -> None:
         t = self.target
@@ -406,16 +537,16 @@ class StreamViewer(StreamRunner):
 
     It watches until stopped: when the stream ends it subscribes again to the same node
     (and waits there for the publisher), since only the master decides that a session
-    is over. The relay client reports a connection that dropped without an end frame
-    as a normal close, so an end cannot tell "the publisher left" from "the node
-    died" anyway."""
+    is over. How it ended is reported all the same: a connection that broke without an
+    end frame (the node died: 1006) is a loss, an end with a reason is not."""
 
     def __init__(self, target: StreamTarget, *, network: NetworkSettings,
                  on_event: EventCallback, decode: bool = False,
                  policy: RetryPolicy | None = None,
-                 transport: Transport = "atlas-stream") -> None:
+                 transport: Transport = "atlas-stream",
+                 refresh: GrantRefresher | None = None) -> None:
         super().__init__(target, network=network, on_event=on_event, policy=policy,
-                         transport=transport)
+                         transport=transport, refresh=refresh)
         self.decode = decode
         self.decoder = ScreenDecoder()
         self.stats = FrameStats()
@@ -454,6 +585,9 @@ class StreamViewer(StreamRunner):
             except _WindowPassed as exc:
                 await self._lost(str(exc))
                 return
+            except _GrantRefused as exc:
+                await self._lost(f"the master did not renew the grant: {exc}")
+                return
             except _Stopped:
                 return
             assert isinstance(endpoint, StreamSubscriber)
@@ -483,11 +617,13 @@ class StreamViewer(StreamRunner):
                 # Even a normal end is not the end of the session: the publisher may be
                 # reconnecting (its node restarted) or the session ending (the master
                 # says so and stops us). Keep watching the same node meanwhile.
-                reason = f"{self.target.node.name} ended the stream ({exc.code}: {exc.reason})"
+                down = _closed_down(self.target, exc, "ended the stream")
             except (OSError, ConnectionError) as exc:
-                reason = f"connection to {self.target.node.name} lost: {exc}"
+                t = self.target
+                down = StreamDown(t.stream, t.direction, t.node,
+                                  f"connection to {t.node.name} lost: {exc}")
             finally:
                 self._endpoint = None
             endpoint.abort()
-            t = self.target
-            await self.on_event(StreamDown(t.stream, t.direction, t.node, reason))
+            reason = down.reason
+            await self.on_event(down)

@@ -10,8 +10,10 @@ grants for the nodes it must connect to.
 Wire format: one JSON object per WebSocket *text* frame, at most
 :data:`MAX_MESSAGE_BYTES` of UTF-8, ``{"v": 1, "type": "<name>", ...}``. Every message
 type is a pydantic model in the table :data:`MESSAGES` (type name, sender, model); the
-models are strict and refuse unknown fields, so any change to the wire bumps
-:data:`PROTOCOL_VERSION`. Field order is the model's, which keeps serialisation stable
+models are strict and refuse unknown fields, so any change to an existing message bumps
+:data:`PROTOCOL_VERSION`. A new message type or ``error`` code is additive (an end that
+does not know it refuses it like any unknown type): the master and the clients of one
+release add it together. Field order is the model's, which keeps serialisation stable
 (the golden tests pin it).
 
 :class:`ControlConnection` is the sans-I/O state machine of one side, h11-style: the
@@ -87,6 +89,7 @@ __all__ = [
     "Queue",
     "QueueEntry",
     "QueueList",
+    "RefreshGrant",
     "ReportHome",
     "SessionAccepted",
     "SessionEnded",
@@ -213,6 +216,8 @@ class ErrorCode(StrEnum):
     QUEUE_EMPTY = "queue_empty"
     SESSION_NOT_FOUND = "session_not_found"
     NOT_ALLOWED = "not_allowed"  # e.g. Show My Screen in a session that is not started
+    GRANT_REVOKED = "grant_revoked"  # refresh_grant: the stream was taken back (SMS off)
+    STREAM_NOT_GRANTED = "stream_not_granted"  # refresh_grant: not a stream the client holds
     BAD_REQUEST = "bad_request"  # well-formed, but a value is refused (e.g. a key's ttl)
     SERVER_BUSY = "server_busy"
     INTERNAL_ERROR = "internal_error"
@@ -391,6 +396,23 @@ class GenerateSessionKey(_Message):
     ttl: Annotated[int, Field(ge=-(2**53 - 1), le=2**53 - 1)] | None = None
 
 
+class RefreshGrant(_Message):
+    """A participant asks for a fresh token for a stream it still holds in a started
+    session: a token only opens connections within the master's ``token_ttl`` of being
+    issued, so a stream connection that drops late in a long session (its traffic node
+    restarted) needs a new one to reconnect. The master answers ``stream_grant`` — the
+    same stream, direction and node, a new token — or an ``error`` saying why not:
+    ``session_not_found`` (no such session, or the client is not in it),
+    ``grant_revoked`` (the stream was taken back: Show My Screen turned off) or
+    ``stream_not_granted`` (the client does not hold that stream: another participant's,
+    or the session has not started)."""
+
+    type: Literal["refresh_grant"] = "refresh_grant"
+    session_id: Identifier
+    stream: StreamKind
+    direction: StreamDirection
+
+
 # master → client
 
 
@@ -486,7 +508,8 @@ class SessionStarted(_Message):
 
 
 class StreamGranted(_Message):
-    """A stream added to a started session (Show My Screen turned on)."""
+    """A stream added to a started session (Show My Screen turned on), or a fresh token
+    for a stream the client already holds (the answer to ``refresh_grant``)."""
 
     type: Literal["stream_grant"] = "stream_grant"
     session_id: Identifier
@@ -558,7 +581,7 @@ class HomeNodeDirective(_Message):
 
 AnyClientMessage = (
     Hello | AuthRep | AuthCustomer | Ping | QueueList | AcceptNext | Chat | ShowMyScreen
-    | EndSession | ReportHome | GenerateSessionKey
+    | EndSession | ReportHome | GenerateSessionKey | RefreshGrant
 )
 AnyMasterMessage = (
     Welcome | Error | Pong | Queue | SessionQueued | SessionAccepted | SessionStarted
@@ -589,6 +612,7 @@ MESSAGES: Final[tuple[MessageSpec, ...]] = (
     MessageSpec("end_session", Side.CLIENT, EndSession),
     MessageSpec("report_home", Side.CLIENT, ReportHome),
     MessageSpec("generate_session_key", Side.CLIENT, GenerateSessionKey),
+    MessageSpec("refresh_grant", Side.CLIENT, RefreshGrant),
     MessageSpec("welcome", Side.MASTER, Welcome),
     MessageSpec("error", Side.MASTER, Error),
     MessageSpec("pong", Side.MASTER, Pong),
@@ -649,7 +673,7 @@ class State(StrEnum):
 _CLIENT, _MASTER = Side.CLIENT, Side.MASTER
 _AUTHENTICATED_CLIENT = (
     "ping", "queue_list", "accept_next", "chat", "show_my_screen", "end_session",
-    "report_home", "generate_session_key",
+    "report_home", "generate_session_key", "refresh_grant",
 )
 _AUTHENTICATED_MASTER = (
     "pong", "error", "queue", "session_queued", "session_accepted", "session_started",
@@ -688,7 +712,7 @@ TRANSITIONS: Final[Mapping[State, Mapping[tuple[Side, str], State]]] = {
 # subscribes to the presenter's stream on the presenter's home node, DESIGN.md §2).
 _EVERY_KIND = frozenset({
     "hello", "ping", "pong", "error", "welcome", "chat", "session_started", "stream_grant",
-    "stream_revoked", "session_ended", "end_session",
+    "stream_revoked", "session_ended", "end_session", "refresh_grant",
 })
 KIND_MESSAGES: Final[Mapping[ClientKind, frozenset[str]]] = {
     ClientKind.REPRESENTATIVE: _EVERY_KIND | {

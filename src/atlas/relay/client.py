@@ -19,6 +19,13 @@ the faster one) or WebSocket (``transport="websocket"``, as a browser would). A 
 token is a :class:`StreamRefused` with the node's reason; a stream that ends is the end
 of the ``async for`` (or :class:`StreamClosed` from :meth:`StreamSubscriber.receive`).
 
+How it ended is the close code: the node's end frame (or WebSocket close frame) says
+why (``CloseCode``: 1000 the publisher ended it, 1001 the node shuts down, …); a
+connection that breaks without one — the node crashed or was killed, a reset, EOF — is
+:data:`ABNORMAL_CLOSURE` (1006, RFC 6455 §7.1.5: "the connection was closed abnormally,
+e.g., without sending or receiving a Close control frame"), never a normal end. 1006 is
+only ever reported, never sent.
+
 Backpressure: ``send_*`` wait while the connection's write buffer is full; a subscriber
 buffers at most ``max_buffer`` bytes of received frames and then stops reading, which
 makes the relay skip frames for it rather than queue them.
@@ -60,6 +67,8 @@ CLOSE_TIMEOUT: Final = 5.0
 DEFAULT_MAX_BUFFER: Final = 2 * MAX_FRAME_SIZE
 MAX_RESPONSE_HEAD: Final = 16 * 1024
 MAX_RESPONSE_BODY: Final = 64 * 1024
+ABNORMAL_CLOSURE: Final = 1006
+"""The connection broke without an end frame (RFC 6455 §7.1.5); reported, not sent."""
 
 
 class StreamRefused(Exception):
@@ -133,6 +142,8 @@ class _RawProtocol(asyncio.Protocol):
         self._drain: asyncio.Future[None] | None = None
         self._writing_paused = False
         self.closed: StreamClosed | None = None
+        self.closing_locally = False  # we sent our end frame
+        self.aborted_locally = False
         self.lost = loop.create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -243,8 +254,15 @@ class _RawProtocol(asyncio.Protocol):
         if not self.upgraded.done():
             self.upgraded.set_exception(
                 ConnectionResetError(f"connection closed before the upgrade: {exc}"))
-        self._closed(StreamClosed(CloseCode.PUBLISHER_GONE if exc else CloseCode.NORMAL,
-                                  f"connection lost: {exc}" if exc else "connection closed"))
+        if self.closing_locally:
+            self._closed(StreamClosed(CloseCode.NORMAL, "connection closed"))
+        elif self.aborted_locally:
+            self._closed(StreamClosed(ABNORMAL_CLOSURE, "connection aborted by this client"))
+        else:  # the node said nothing: it died, or the network between us did
+            self._closed(StreamClosed(
+                ABNORMAL_CLOSURE,
+                f"connection lost without an end frame: {exc}" if exc
+                else "the node closed the connection without an end frame"))
         self.transport = None
         if self._drain is not None and not self._drain.done():
             self._drain.set_exception(ConnectionResetError("connection lost"))
@@ -310,6 +328,7 @@ class _RawChannel(_Channel):
 
     async def close(self, code: CloseCode, reason: str) -> None:
         t = self.p.transport
+        self.p.closing_locally = True
         if t is not None and not t.is_closing():
             t.write(bytes(end_frame(code, reason)))
             t.close()
@@ -326,6 +345,7 @@ class _RawChannel(_Channel):
 
     def abort(self) -> None:
         if self.p.transport is not None:
+            self.p.aborted_locally = True
             self.p.transport.abort()
 
 
@@ -365,9 +385,11 @@ class _WebSocketChannel(_Channel):
                 if msg.type is aiohttp.WSMsgType.CLOSE:
                     code, reason = int(msg.data), str(msg.extra or "")
                 elif msg.type is aiohttp.WSMsgType.ERROR:
-                    code, reason = int(self.ws.close_code or 1006), str(msg.data)
-                else:
-                    code, reason = int(self.ws.close_code or 1006), "connection closed"
+                    code = int(self.ws.close_code or ABNORMAL_CLOSURE)
+                    reason = str(msg.data)
+                else:  # no close frame: aiohttp reports a plain EOF as 1000, it is not
+                    code = ABNORMAL_CLOSURE
+                    reason = "the node closed the connection without a close frame"
                 self.closed = StreamClosed(code, reason or "connection closed")
                 await self.session.close()
                 raise self.closed
