@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,16 @@ from atlas.demo.cluster import (
     DemoPaths,
     UsageProblem,
     check_directory,
+    ensure_session_representatives,
     prepare,
     stop_demo,
     stop_leftovers,
+    write_env,
+    write_test_plan,
 )
+from atlas.demo.layout import method_choice
 from atlas.demo.processes import DemoLock
-from atlas.demo.state import load_info, save_info
+from atlas.demo.state import SessionPairInfo, load_info, save_info
 from atlas.node.datadir import DataDir
 from atlas.store import representatives
 from atlas.store.api_accounts import authenticate_client
@@ -131,3 +136,96 @@ def test_alive_treats_exited_processes_as_gone() -> None:
     proc.wait()
     assert not processes.alive(proc.pid)
     assert processes.cmdline(proc.pid) is None
+
+
+# ---- session representatives, the env file and the test plan ---------------------------------
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory: pytest.TempPathFactory) -> DemoPaths:
+    """One demo directory for the tests below (making one takes seconds)."""
+    paths = DemoPaths.at(tmp_path_factory.mktemp("prepared") / "demo")
+    prepare(paths, DemoOptions(root=paths.root), quiet)
+    return paths
+
+
+def test_session_representatives_are_made_once_and_reused(prepared: DemoPaths) -> None:
+    paths = prepared
+    info, layout = prepare(paths, DemoOptions(root=paths.root), quiet)
+    said: list[str] = []
+    ensure_session_representatives(paths, info, layout, 2, said.append)
+    assert [r.username for r in info.session_representatives] == ["sim-rep1", "sim-rep2"]
+    assert said == ["Representative accounts for the session pairs: sim-rep1, sim-rep2"]
+    assert load_info(paths.demo_file).session_representatives == info.session_representatives
+    db = Database(DataDir(paths.node_dir("master1")).db_file)
+    try:
+        for r in info.session_representatives:
+            assert representatives.authenticate(db, r.username, r.password, 0.0) is not None
+    finally:
+        db.close()
+
+    again, _ = prepare(paths, DemoOptions(root=paths.root), quiet)
+    ensure_session_representatives(paths, again, layout, 1, said.append)
+    ensure_session_representatives(paths, again, layout, 3, said.append)
+    assert again.session_representatives[:2] == info.session_representatives
+    assert [r.username for r in again.session_representatives][2:] == ["sim-rep3"]
+    assert said[1:] == ["Representative accounts for the session pairs: sim-rep3"]
+
+
+def test_env_and_plan_carry_the_test_representative(prepared: DemoPaths) -> None:
+    paths = prepared
+    info, layout = prepare(paths, DemoOptions(root=paths.root), quiet)
+    write_env(paths, layout, info)
+    assert paths.env_file.stat().st_mode & 0o777 == 0o600
+    env = subprocess.run(
+        ["bash", "-c", f"source {paths.env_file} && env"], capture_output=True, text=True,
+        check=True, env={"PATH": "/usr/bin:/bin"}).stdout.splitlines()
+    values = dict(line.split("=", 1) for line in env if line.startswith("ATLAS_"))
+    assert values["ATLAS_REP_USER"] == info.representative.username == "rep1"
+    assert values["ATLAS_REP_PASSWORD"] == info.representative.password
+    assert values["ATLAS_CLIENT_SECRET"] == info.api_account.client_secret
+    assert set(values) == {"ATLAS_URL", "ATLAS_CLIENT_ID", "ATLAS_CLIENT_SECRET",
+                           "ATLAS_CA_FILE", "ATLAS_DNS", "ATLAS_REP_USER",
+                           "ATLAS_REP_PASSWORD"}
+
+    write_test_plan(paths, layout, method_choice("srv"), info)
+    plan = tomllib.loads(paths.plan_file.read_text())
+    assert set(plan) == {"site", "url", "dns", "ca_file", "representative", "method",
+                         "prefixes", "probe"}
+    assert plan["representative"] == "rep1" and plan["ca_file"] == info.ca_file
+    assert (plan["method"], plan["prefixes"]) == ("srv", False)
+    assert {p["expected_rule"] for p in plan["probe"]} == {"srv"}
+    assert set(plan["probe"][0]) == {"name", "kind", "region", "source_address", "tz_offset",
+                                     "expected_nodes", "expected_rule"}
+    assert "ATLAS_REP_PASSWORD" in paths.plan_file.read_text()  # the header says where
+    assert info.representative.password not in paths.plan_file.read_text()
+
+
+def test_the_plan_is_one_atlas_cluster_test_reads(prepared: DemoPaths) -> None:
+    plan_module = pytest.importorskip("atlas.cluster_test.plan")
+    paths = prepared
+    info, layout = prepare(paths, DemoOptions(root=paths.root), quiet)
+    write_test_plan(paths, layout, method_choice("timezone"), info)
+    loaded = plan_module.load_plan(paths.plan_file)
+    assert loaded.representative == "rep1"
+    assert [p.name for p in loaded.probes] == ["us-customer", "us-rep", "asia-customer",
+                                               "asia-rep"]
+
+
+def test_leftover_session_clients_are_stopped_too(prepared: DemoPaths) -> None:
+    info = load_info(prepared.demo_file)
+    client = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                               "--ca-file", info.ca_file, "--dns", "x"])
+    try:
+        info.state = "running"
+        info.sessions = [SessionPairInfo(
+            name="pair1", representative="sim-rep1", rep_region="us",
+            rep_address="127.10.2.1", customer_region="asia", customer_address="127.20.1.1",
+            rep_pid=None, customer_pid=client.pid, rep_log="r", customer_log="c")]
+        save_info(prepared.demo_file, info)
+        assert stop_leftovers(prepared) == ["pair1-customer"]
+        assert client.wait(10) is not None
+        assert load_info(prepared.demo_file).sessions == []
+    finally:
+        client.kill()
+        client.wait()

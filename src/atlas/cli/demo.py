@@ -1,7 +1,8 @@
-"""``atlas demo``: a whole Atlas cluster on this machine; ``atlas demo stop``.
+"""``atlas demo``: a whole Atlas cluster on this machine; ``atlas demo stop`` and
+``atlas demo set-method``.
 
 The orchestration is :mod:`atlas.demo.cluster`; this module is its face: options, the
-summary an operator copies from, and the live table until Ctrl-C.
+summary an operator copies from, and the live tables until Ctrl-C.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from atlas.demo.layout import DEFAULT_DNS_PORT, DEFAULT_PORT, DEFAULT_SITE
 from atlas.node.logs import setup_logging
 
 if TYPE_CHECKING:  # atlas.demo.cluster uses atlas.cli.client: imported when a command runs
-    from atlas.demo.cluster import DemoCluster, Snapshot
+    from atlas.demo.cluster import DemoCluster, SessionView, Snapshot
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -35,6 +36,8 @@ DEFAULT_DIR = Path(".atlas-demo")
 
 DirOption = Annotated[Path, typer.Option("--dir", help="The demo's working directory "
                                          "(created, or reused when it exists)")]
+RunningDirOption = Annotated[Path, typer.Option("--dir", help="The working directory of "
+                                                "the running demo")]
 
 
 class MethodName(StrEnum):
@@ -55,7 +58,8 @@ app = typer.Typer(
     "Asia), each its own `atlas serve` process on its own 127.x.y.z address; a local CA "
     "and a wildcard certificate; a DNS server answering per client network; anycast "
     "addresses shared with SO_REUSEPORT. The cluster is configured through the REST API "
-    "and synced. `atlas demo stop` stops a demo running elsewhere.",
+    "and synced. `atlas demo stop` stops a demo running elsewhere; `atlas demo set-method` "
+    "changes its Method for Choosing Traffic Nodes.",
     invoke_without_command=True,
 )
 
@@ -131,16 +135,42 @@ def _num(value: int | None) -> str:
     return "" if value is None else str(value)
 
 
+def sessions_table(sessions: tuple[SessionView, ...]) -> Table:
+    """The synthetic session pairs: who helps whom from where, and on which nodes."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name, justify in (("Pair", "left"), ("Representative", "left"), ("From", "left"),
+                          ("Rep node", "left"), ("Customer from", "left"),
+                          ("Customer node", "left"), ("State", "left"),
+                          ("Sessions", "right"), ("PIDs", "right")):
+        table.add_column(name, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    styles = {"running": "green", "waiting": "yellow", "starting": "yellow"}
+    for p in sessions:
+        state = p.state if p.error is None or p.state == "running" else f"{p.state}: {p.error}"
+        pids = " ".join(str(x) for x in (p.rep_pid, p.customer_pid) if x)
+        table.add_row(
+            p.name, p.representative, f"{p.rep_region} {p.rep_address}", p.rep_node or "",
+            f"{p.customer_region} {p.customer_address}", p.customer_node or "",
+            Text(state, style=styles.get(p.state, "red" if p.error else "")),
+            str(p.sessions), pids,
+        )
+    return table
+
+
 def live_view(demo: DemoCluster, snapshot: Snapshot) -> Group:
     up = int(time.time() - demo.started_at)
     rev = "?" if snapshot.revision is None else str(snapshot.revision)
     sync = "  [yellow]sync needed[/]" if snapshot.sync_needed else ""
-    head = (f"[bold]Atlas demo[/] {demo.layout.site} · method {demo.choice.describe()} · "
+    method = snapshot.method or demo.choice.describe()
+    head = (f"[bold]Atlas demo[/] {demo.layout.site} · method {method} · "
             f"revision {rev}{sync} · up {up // 60}m{up % 60:02d}s")
     parts: list[RenderableType] = [head, nodes_table(demo, snapshot)]
+    if snapshot.sessions:
+        running = sum(1 for p in snapshot.sessions if p.state == "running")
+        parts += [f"[bold]Synthetic sessions[/] {running} of {len(snapshot.sessions)} running",
+                  sessions_table(snapshot.sessions)]
     if snapshot.error:
         parts.append(f"[red]{snapshot.error}[/]")
-    parts.append("[dim]Ctrl-C stops every node and the DNS server.[/]")
+    parts.append("[dim]Ctrl-C stops every process of the demo.[/]")
     return Group(*parts)
 
 
@@ -167,7 +197,9 @@ def summary(demo: DemoCluster, snapshot: Snapshot, dir_arg: Path) -> Group:
         f"[bold]API account[/]     {info.api_account.client_id}  (secret in {info.env_file}; "
         f"`source {q(info.env_file)}` sets ATLAS_URL, ATLAS_CLIENT_ID, … for atlas cluster)",
         f"[bold]Representative[/]  {rep.username} / {rep.password}",
-        f"[bold]Cluster test[/]    {info.cluster_test_plan}",
+        f"[bold]Cluster test[/]    {info.cluster_test_plan}   (`source {q(info.env_file)}; "
+        f"atlas cluster test {q(info.cluster_test_plan)}`; test representative "
+        f"{rep.username})",
         f"[bold]State, logs[/]     {demo.paths.demo_file}, {demo.paths.root / 'logs'}",
         "",
         "[bold]Try it[/] in another terminal:",
@@ -180,9 +212,20 @@ def summary(demo: DemoCluster, snapshot: Snapshot, dir_arg: Path) -> Group:
         "representative",
         f"  atlas customer --site {lay.site_url} --key KEY --source-address "
         f"{asia.probe_address(5)} --tz-offset {asia.timezone} --ca-file {ca} --dns {dns}",
+        f"  # another method, the cluster test plan rewritten: atlas demo set-method "
+        f"timezone --dir {d}",
         f"  # stop the demo from elsewhere: atlas demo stop --dir {d}",
         "",
     ]
+    if snapshot.sessions or demo.pairs:
+        from atlas.demo.sessions import FPS, SIZE
+
+        lines[3:3] = [
+            f"[bold]Synthetic sessions[/] {len(demo.pairs)} customer/representative pairs, "
+            f"{SIZE} test pattern at {FPS:g} fps, {demo.session_seconds:g}-second sessions "
+            f"started again when they end; logs in {demo.paths.session_log_dir}",
+            sessions_table(demo.session_views()),
+        ]
     return Group(*lines)
 
 
@@ -210,8 +253,12 @@ def demo(
     headless: Annotated[bool, typer.Option(
         "--headless", help="No live view: print the summary, wait for SIGTERM/SIGINT")] = False,
     sessions: Annotated[int | None, typer.Option(
-        help="Simulated support sessions (not yet available)", min=1,
-        show_default=False)] = None,
+        help="N synthetic customer/representative pairs (alternating regions) streaming "
+        "test-pattern screens through the cluster, started again when a session ends",
+        min=1, max=50, show_default=False)] = None,
+    session_length: Annotated[float, typer.Option(
+        help="How long each synthetic session lasts before its pair starts a new one "
+        "(seconds)", min=10.0)] = 300.0,
 ) -> None:
     """Bring up a whole cluster on this machine and keep it running until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
@@ -220,10 +267,38 @@ def demo(
 
     setup_logging("warning")
     options = DemoOptions(root=directory, method=method.value, prefixes=prefixes, site=site,
-                          port=port, dns_port=dns_port, sessions=sessions)
+                          port=port, dns_port=dns_port, sessions=sessions,
+                          session_seconds=session_length)
     ui = ConsoleUi(out, headless=headless, dir_arg=directory)
     try:
         run(options, ui)
+    except DemoError as exc:
+        raise _fail(str(exc), exc.exit_code) from None
+
+
+@app.command("set-method")
+def set_method(
+    method: Annotated[MethodName, typer.Argument(
+        help="The new Method for Choosing Traffic Nodes (as --method of `atlas demo`)",
+        show_default=False)],
+    prefixes: Annotated[bool | None, typer.Option(
+        "--prefixes/--no-prefixes",
+        help="Give the traffic nodes their region's client networks as prefixes (default: "
+        "yes for random and prefixes, no for the other methods)", show_default=False)] = None,
+    directory: RunningDirOption = DEFAULT_DIR,
+) -> None:
+    """Change the method of the demo running in a directory, through the REST API, sync,
+    and rewrite its cluster test plan."""
+    from atlas.demo.errors import DemoError
+    from atlas.demo.set_method import set_method as change
+
+    setup_logging("warning")
+
+    def say(text: str) -> None:
+        out.print(text, highlight=False, markup=False)
+
+    try:
+        change(directory, method.value, prefixes, say)
     except DemoError as exc:
         raise _fail(str(exc), exc.exit_code) from None
 

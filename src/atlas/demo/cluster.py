@@ -14,13 +14,17 @@ Technology"):
 4. Configure the primary master and the traffic nodes **through the REST API**, as an
    operator's script would (``POST /api/v1/cluster``, ``POST …/traffic-nodes``,
    ``PUT …/selection``), then **Sync Now** and wait until every traffic node is online
-   and holds the latest revision.
+   and holds the latest revision (:mod:`atlas.demo.configure`).
+5. With ``--sessions N``, keep N synthetic customer/representative pairs streaming
+   through the cluster (:mod:`atlas.demo.sessions`).
 
 The working directory (default ``.atlas-demo``) is reused by later runs: same
 certificates, credentials and node identities. ``DIR/demo.json``
 (:mod:`atlas.demo.state`) says what runs where; ``DIR/cluster-test.toml`` is the plan of
 the guide's cluster test for the chosen method; ``DIR/env`` exports the API account for
-``atlas cluster …``.
+``atlas cluster …`` and the test representative for ``atlas cluster test``.
+``atlas demo set-method`` (:mod:`atlas.demo.set_method`) changes the method of a running
+demo.
 """
 
 from __future__ import annotations
@@ -46,8 +50,10 @@ from typing import Any, Protocol
 import aiohttp
 import tomli_w
 
-from atlas.cli.client import AtlasClient, AuthError, ClientError, Connection, node_path
+from atlas.cli.client import AtlasClient, AuthError, ClientError, Connection
 from atlas.demo import processes
+from atlas.demo.configure import CLUSTER, configure_cluster, current_method
+from atlas.demo.errors import AlreadyRunning, DemoError, NotRunning, UsageProblem
 from atlas.demo.layout import (
     DEFAULT_DNS_PORT,
     DemoLayout,
@@ -58,6 +64,18 @@ from atlas.demo.layout import (
     method_choice,
 )
 from atlas.demo.processes import Child, DemoLock
+from atlas.demo.sessions import (
+    MAX_SESSIONS,
+    MIN_SESSION_SECONDS,
+    SESSION_REP_DISPLAY_NAME,
+    SESSION_SECONDS,
+    PairRunner,
+    SessionPair,
+    SessionSite,
+    cancel_all,
+    plan_pairs,
+    rep_username,
+)
 from atlas.demo.state import (
     DEMO_FILE,
     ApiAccountInfo,
@@ -67,9 +85,11 @@ from atlas.demo.state import (
     NodeInfo,
     RegionInfo,
     RepresentativeInfo,
+    SessionPairInfo,
     StateError,
     load_info,
     save_info,
+    update_info,
 )
 from atlas.demo.zone import DemoZone
 from atlas.net import certs
@@ -77,41 +97,23 @@ from atlas.net.resolver import DnsServer, Resolver
 from atlas.net.tls import client_context
 from atlas.node.datadir import DataDir
 from atlas.node.init import ADMIN_USERNAME, InitError, init_node
-from atlas.node.roles import Role as ClusterRole
 from atlas.node.server import ANYCAST_ENV
 from atlas.store import representatives
 from atlas.store.api_accounts import Permission, create_account
 from atlas.store.db import Database
-from atlas.web.api_v1.cluster_models import ChangeOut, ClusterOut, SyncReportOut
+from atlas.web.api_v1.cluster_models import ClusterOut
+from atlas.web.api_v1.sessions import SessionKeyOut
 
-CLUSTER = "/api/v1/cluster"
 API_ACCOUNT_NAME = "atlas-demo"
 API_PERMISSIONS = (Permission.CONFIG_WRITE, Permission.COMMAND_FULL)
 REP_USERNAME = "rep1"
 REP_DISPLAY_NAME = "Demo Representative"
 READY_TIMEOUT = 45.0
-SYNC_TIMEOUT = 60.0
 DNS_READY_TIMEOUT = 15.0
 POLL_INTERVAL = 0.2
 MARKER = ".atlas-demo-dir"
 _MARKER_TEXT = "This directory holds an Atlas demo (`atlas demo`). Remove it to start afresh.\n"
 _GENERATED = ("ca", "tls", "nodes", "dns")  # what an interrupted first run may leave
-
-
-class DemoError(Exception):
-    """Why the demo cannot start or went wrong; the message is for the operator."""
-
-    exit_code = 1
-
-
-class UsageProblem(DemoError):
-    """A bad option."""
-
-    exit_code = 2
-
-
-class AlreadyRunning(DemoError):
-    """Another ``atlas demo`` runs in this directory."""
 
 
 Say = Callable[[str], None]
@@ -175,6 +177,10 @@ class DemoPaths:
     def topology_svg(self) -> Path:
         return self.root / "topology.svg"
 
+    @property
+    def session_log_dir(self) -> Path:
+        return self.root / "logs" / "sessions"
+
     def node_dir(self, name: str) -> Path:
         return self.root / "nodes" / name
 
@@ -191,6 +197,7 @@ class DemoOptions:
     port: int | None = None
     dns_port: int | None = None
     sessions: int | None = None
+    session_seconds: float = SESSION_SECONDS
 
 
 # ---- preparing the directory -----------------------------------------------------------------
@@ -342,6 +349,35 @@ def _reuse(paths: DemoPaths, options: DemoOptions, say: Say) -> tuple[DemoInfo, 
     return info, layout
 
 
+def ensure_session_representatives(paths: DemoPaths, info: DemoInfo, layout: DemoLayout,
+                                   count: int, say: Say) -> None:
+    """The representative accounts of ``count`` session pairs (``sim-rep1`` …) on the
+    primary master, made as the demo's first one was and before the nodes start, so Sync
+    Now carries them to every node; later runs reuse them (their passwords are in
+    demo.json)."""
+    have = {r.username for r in info.session_representatives}
+    missing = [i for i in range(1, count + 1) if rep_username(i) not in have]
+    if not missing:
+        return
+    db = Database(DataDir(paths.node_dir(layout.primary.name)).db_file)
+    try:
+        for index in missing:
+            username, password = rep_username(index), secrets.token_urlsafe(12)
+            display_name = SESSION_REP_DISPLAY_NAME.format(index=index)
+            existing = representatives.get_by_username(db, username)
+            if existing is None:
+                representatives.create(db, username, display_name, password)
+            else:  # made by a run interrupted before it saved demo.json
+                representatives.update(db, existing.id, password=password, enabled=True)
+            info.session_representatives.append(RepresentativeInfo(
+                username=username, password=password, display_name=display_name))
+    finally:
+        db.close()
+    save_info(paths.demo_file, info)
+    say(f"Representative accounts for the session pairs: "
+        f"{', '.join(rep_username(i) for i in missing)}")
+
+
 # ---- processes left behind ----------------------------------------------------------------------
 
 
@@ -353,6 +389,11 @@ def _markers(info: DemoInfo) -> dict[int, tuple[str, str]]:
             out[n.pid] = (n.name, f" {n.data_dir} ")
     if info.dns.pid:
         out[info.dns.pid] = ("dns", f" {info.dns.zone_file} ")
+    for pair in info.sessions:  # the clients name the demo's CA file
+        if pair.rep_pid:
+            out[pair.rep_pid] = (f"{pair.name}-rep", f" {info.ca_file} ")
+        if pair.customer_pid:
+            out[pair.customer_pid] = (f"{pair.name}-customer", f" {info.ca_file} ")
     return out
 
 
@@ -368,10 +409,12 @@ def stop_leftovers(paths: DemoPaths) -> list[str]:
              if processes.is_ours(pid, marker)}
     if found:
         processes.terminate_pids(found)
-    if info.state != "stopped" or any(n.pid for n in info.nodes) or info.dns.pid:
+    if (info.state != "stopped" or any(n.pid for n in info.nodes) or info.dns.pid
+            or info.sessions):
         info.state, info.orchestrator_pid, info.dns.pid = "stopped", None, None
         for n in info.nodes:
             n.pid = None
+        info.sessions = []
         save_info(paths.demo_file, info)
     return sorted(found.values())
 
@@ -419,6 +462,45 @@ def stop_demo(root: Path, timeout: float = 2 * processes.STOP_TIMEOUT + 15) -> S
     return StopReport(orchestrator, leftovers, killed)
 
 
+# ---- files for the operator ---------------------------------------------------------------------
+
+PLAN_HEADER = (
+    "# Atlas cluster test plan, written by `atlas demo` (guide: \"Perform a … Cluster\n"
+    "# Test\"). Each probe is a test client: where it connects from, the UTC offset it\n"
+    "# reports, and the traffic nodes it should be given (and by which rule).\n"
+    "# `representative` is the test representative (password: ATLAS_REP_PASSWORD in env).\n"
+)
+
+
+def write_test_plan(paths: DemoPaths, layout: DemoLayout, choice: MethodChoice,
+                    info: DemoInfo) -> None:
+    """``DIR/cluster-test.toml``: the plan of ``atlas cluster test`` for ``choice``."""
+    plan = layout.test_plan(choice, representative=info.representative.username,
+                            ca_file=info.ca_file)
+    tmp = paths.plan_file.with_name(paths.plan_file.name + ".tmp")
+    tmp.write_text(PLAN_HEADER + tomli_w.dumps(plan))
+    os.replace(tmp, paths.plan_file)
+
+
+def write_env(paths: DemoPaths, layout: DemoLayout, info: DemoInfo) -> None:
+    """``DIR/env`` (mode 0600): the API account for ``atlas cluster …`` and the test
+    representative for ``atlas cluster test``."""
+    acc, rep = info.api_account, info.representative
+    env = {
+        "ATLAS_URL": layout.site_url,
+        "ATLAS_CLIENT_ID": acc.client_id,
+        "ATLAS_CLIENT_SECRET": acc.client_secret,
+        "ATLAS_CA_FILE": info.ca_file,
+        "ATLAS_DNS": layout.dns,
+        "ATLAS_REP_USER": rep.username,
+        "ATLAS_REP_PASSWORD": rep.password,
+    }
+    text = ("# source this file: the demo's API account for `atlas cluster …` and its test\n"
+            "# representative for `atlas cluster test`\n") + "".join(
+        f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
+    certs.write_private(paths.env_file, text.encode())
+
+
 # ---- talking to the cluster -------------------------------------------------------------------
 
 
@@ -440,6 +522,25 @@ class NodeView:
 
 
 @dataclass(frozen=True)
+class SessionView:
+    """One row of the live table of session pairs."""
+
+    name: str
+    representative: str
+    rep_region: str
+    rep_address: str
+    customer_region: str
+    customer_address: str
+    state: str
+    rep_node: str | None
+    customer_node: str | None
+    sessions: int
+    rep_pid: int | None
+    customer_pid: int | None
+    error: str | None
+
+
+@dataclass(frozen=True)
 class Snapshot:
     at: float
     revision: int | None
@@ -447,6 +548,8 @@ class Snapshot:
     nodes: tuple[NodeView, ...]
     dns_running: bool
     error: str | None = None
+    method: str | None = None  # the method in force, as the primary master says
+    sessions: tuple[SessionView, ...] = ()
 
 
 class DemoUi(Protocol):
@@ -463,7 +566,8 @@ class DemoCluster:
     """The running demo: its processes, and the cluster they form."""
 
     def __init__(self, paths: DemoPaths, info: DemoInfo, layout: DemoLayout,
-                 choice: MethodChoice, say: Say) -> None:
+                 choice: MethodChoice, say: Say, sessions: int = 0,
+                 session_seconds: float = SESSION_SECONDS) -> None:
         self.paths = paths
         self.info = info
         self.layout = layout
@@ -475,6 +579,35 @@ class DemoCluster:
         self._http: aiohttp.ClientSession | None = None
         self._api: AtlasClient | None = None
         self.resolver: Resolver | None = None
+        self.pairs: tuple[SessionPair, ...] = plan_pairs(layout, sessions)
+        self.session_seconds = session_seconds
+        self.runners: list[PairRunner] = []
+        self._runner_tasks: list[asyncio.Task[None]] = []
+        self._owns_method = True  # until running: then `atlas demo set-method` may change it
+
+    # ---- demo.json ------------------------------------------------------------------------
+
+    _METHOD_FIELDS = ("method", "prefixes", "selection", "revision")
+
+    def _save(self) -> None:
+        """Write demo.json; once the demo runs, the method fields are
+        ``atlas demo set-method``'s: taken from the file, not overwritten."""
+        mine = self.info
+
+        def change(on_disk: DemoInfo) -> None:
+            for name in DemoInfo.model_fields:
+                if name in self._METHOD_FIELDS and not self._owns_method:
+                    setattr(mine, name, getattr(on_disk, name))
+                else:
+                    setattr(on_disk, name, getattr(mine, name))
+
+        if self.paths.demo_file.exists():
+            update_info(self.paths.demo_file, change)
+        else:
+            save_info(self.paths.demo_file, mine)
+        if not self._owns_method:
+            with contextlib.suppress(ValueError):
+                self.choice = method_choice(mine.method, mine.prefixes)
 
     # ---- start ------------------------------------------------------------------------
 
@@ -483,7 +616,8 @@ class DemoCluster:
         info.state, info.orchestrator_pid = "starting", os.getpid()
         info.method, info.prefixes = self.choice.name, self.choice.prefixes
         info.selection = self.layout.selection_body(self.choice)
-        save_info(self.paths.demo_file, info)
+        info.sessions = []
+        self._save()
         self._check_addresses_free()
         await self._start_dns()
         self._write_files()
@@ -496,7 +630,7 @@ class DemoCluster:
             self.children[node.name] = child
             await child.start()
             info.node(node.name).pid = child.pid
-        save_info(self.paths.demo_file, info)
+        self._save()
         ca = client_context(self.paths.ca_file)
         assert self.resolver is not None
         self._http = aiohttp.ClientSession(
@@ -507,8 +641,10 @@ class DemoCluster:
         await _all_or_none([self._wait_ready(n) for n in self.layout.nodes])
         self.say(f"All nodes answer /healthz over verified TLS ({time.monotonic() - t0:.1f} s)")
         await self._configure()
+        self._start_sessions()
         info.state = "running"
-        save_info(self.paths.demo_file, info)
+        self._save()
+        self._owns_method = False
 
     async def _start_dns(self) -> None:
         lay = self.layout
@@ -614,102 +750,96 @@ class DemoCluster:
             self._api = None
 
     async def _configure(self) -> None:
-        lay, choice = self.layout, self.choice
-        try:
-            api = await self.api()
-            status, etag = await api.call(ClusterOut, "GET", CLUSTER)
-            if status.role is ClusterRole.STANDALONE:
-                self.say(f"Create New Cluster {lay.site} on {lay.primary.name} "
-                         f"(POST {CLUSTER})")
-                body = {"site_hostname": lay.site,
-                        "primary": {"name": lay.primary.name, "public": lay.primary.public},
-                        "health": lay.health_body()}
-                _, etag = await api.call(ChangeOut, "POST", CLUSTER, json_body=body,
-                                         if_match="rev-0")
-                existing: set[str] = set()
-            elif status.role is ClusterRole.PRIMARY and status.document is not None:
-                existing = {t.name for t in status.document.traffic_nodes}
-                self.say(f"{lay.primary.name} is the primary master of {status.site_hostname} "
-                         f"(revision {status.revision})")
-                _, etag = await api.call(ChangeOut, "PUT", f"{CLUSTER}/health-settings",
-                                         json_body=lay.health_body(), if_match=etag)
-            else:
-                raise DemoError(f"{lay.primary.name} is a {status.role.value} node, not the "
-                                f"primary master; remove {self.paths.root} to start afresh")
-            for node in lay.traffic_nodes:
-                body = lay.traffic_node_body(node, choice.prefixes)
-                if node.name in existing:
-                    _, etag = await api.call(ChangeOut, "PUT", node_path(node.name),
-                                             json_body=body, if_match=etag)
-                else:
-                    _, etag = await api.call(ChangeOut, "POST", f"{CLUSTER}/traffic-nodes",
-                                             json_body=body, if_match=etag)
-            self.say(f"Traffic nodes: {', '.join(n.name for n in lay.traffic_nodes)}; "
-                     f"method {choice.describe()}")
-            result, etag = await api.call(ChangeOut, "PUT", f"{CLUSTER}/selection",
-                                          json_body=lay.selection_body(choice), if_match=etag)
-            self.say(f"Sync Now: revision {result.revision} to {len(lay.traffic_nodes)} "
-                     "traffic nodes")
-            report, _ = await api.call(SyncReportOut, "POST", f"{CLUSTER}/sync",
-                                       timeout=SYNC_TIMEOUT)
-        except ClientError as exc:
-            raise DemoError(f"configuring the cluster through the REST API failed: "
-                            f"{exc.message}") from None
-        if not report.ok:
-            failed = [f"{r.name}: {r.reason or ''} {r.message or ''}".strip()
-                      for r in report.results if not r.ok]
-            raise DemoError(f"Sync Now failed: {report.summary}; " + "; ".join(failed))
-        status = await self._wait_synced()
+        _, status = await configure_cluster(await self.api(), self.layout, self.choice,
+                                            self.say, reset=True)
         self.info.revision = status.revision
         self.say(f"Every traffic node is online and holds revision {status.revision}")
 
-    async def _wait_synced(self) -> ClusterOut:
-        deadline = time.monotonic() + SYNC_TIMEOUT
-        while True:
-            api = await self.api()
-            try:
-                status, _ = await api.call(ClusterOut, "GET", CLUSTER)
-            except ClientError as exc:
-                raise DemoError(f"GET {CLUSTER} failed: {exc.message}") from None
-            waiting = [
-                f"{t.name}: {t.state}, revision {t.acknowledged_revision}"
-                for t in status.traffic_nodes
-                if not (t.online and t.state == "viable"
-                        and t.acknowledged_revision == status.revision and not t.needs_sync)
-            ]
-            if not waiting and not status.sync_needed and status.traffic_nodes:
-                return status
-            if time.monotonic() > deadline:
-                raise DemoError(f"traffic nodes not online and synced to revision "
-                                f"{status.revision} within {SYNC_TIMEOUT:g} s: "
-                                + "; ".join(waiting))
-            await asyncio.sleep(POLL_INTERVAL)
+    async def call(self, model: type[Any], method: str, path: str, **kwargs: Any) -> Any:
+        """One REST call with the demo's API account (a new token once it expired)."""
+        try:
+            result, _ = await (await self.api()).call(model, method, path, **kwargs)
+        except AuthError:
+            await self._reset_api()
+            result, _ = await (await self.api()).call(model, method, path, **kwargs)
+        return result
 
     # ---- files for the operator ---------------------------------------------------------------
 
     def _write_files(self) -> None:
-        lay, info = self.layout, self.info
-        plan = lay.test_plan(self.choice)
-        plan["ca_file"] = info.ca_file
-        header = (
-            "# Atlas cluster test plan, written by `atlas demo` (guide: \"Perform a … Cluster\n"
-            "# Test\"). Each probe is a test client: where it connects from, the UTC offset it\n"
-            "# reports, and the traffic nodes it should be given (and by which rule).\n"
+        write_test_plan(self.paths, self.layout, self.choice, self.info)
+        write_env(self.paths, self.layout, self.info)
+        self.paths.topology_text.write_text(self.layout.render_text())
+        self.paths.topology_svg.write_text(self.layout.render_svg())
+
+    # ---- synthetic sessions -------------------------------------------------------------------
+
+    def _start_sessions(self) -> None:
+        if not self.pairs:
+            return
+        passwords = {r.username: r.password for r in self.info.session_representatives}
+        site = SessionSite(url=self.layout.site_url, ca_file=self.info.ca_file,
+                           dns=self.layout.dns)
+        env = {k: v for k, v in _child_env().items() if not k.startswith("ATLAS_")}
+        env["PYTHONUNBUFFERED"] = "1"
+        for pair in self.pairs:
+            runner = PairRunner(pair, site, passwords[pair.rep_username],
+                                new_key=self.new_session_key,
+                                log_dir=self.paths.session_log_dir, env=env,
+                                on_change=self._sessions_changed, say=self.say,
+                                session_seconds=self.session_seconds)
+            self.runners.append(runner)
+            self._runner_tasks.append(
+                asyncio.create_task(runner.run(), name=f"session {pair.name}"))
+        self.say(f"Starting {len(self.pairs)} synthetic session pairs "
+                 f"({', '.join(p.rep_username for p in self.pairs)}); logs in "
+                 f"{self.paths.session_log_dir}")
+        self._sessions_changed()
+
+    async def new_session_key(self, queue_id: str) -> str:
+        """A session key for ``queue_id`` from the REST API (``POST /api/v1/session-keys``)."""
+        try:
+            key = await self.call(SessionKeyOut, "POST", "/api/v1/session-keys",
+                                  json_body={"type": "support", "queue_id": queue_id})
+        except ClientError as exc:
+            raise DemoError(f"no session key for {queue_id}: {exc.message}") from None
+        return str(key.short_key)
+
+    def _sessions_changed(self) -> None:
+        """Record the pairs' processes in demo.json (``atlas demo stop`` needs them)."""
+        self.info.sessions = [
+            SessionPairInfo(
+                name=r.pair.name, representative=r.pair.rep_username,
+                rep_region=r.pair.representative.region,
+                rep_address=r.pair.representative.source_address,
+                customer_region=r.pair.customer.region,
+                customer_address=r.pair.customer.source_address,
+                rep_pid=r.rep.pid if r.rep is not None and r.rep.running else None,
+                customer_pid=(r.customer.pid if r.customer is not None and r.customer.running
+                              else None),
+                rep_log=str(r.rep_log), customer_log=str(r.customer_log),
+            )
+            for r in self.runners
+        ]
+        with contextlib.suppress(OSError, StateError):
+            self._save()
+
+    def session_views(self) -> tuple[SessionView, ...]:
+        return tuple(
+            SessionView(
+                name=r.pair.name, representative=r.pair.rep_username,
+                rep_region=r.pair.representative.region,
+                rep_address=r.pair.representative.source_address,
+                customer_region=r.pair.customer.region,
+                customer_address=r.pair.customer.source_address, state=r.state,
+                rep_node=r.rep_node, customer_node=r.customer_node, sessions=r.sessions,
+                rep_pid=r.rep.pid if r.rep is not None and r.rep.running else None,
+                customer_pid=(r.customer.pid if r.customer is not None and r.customer.running
+                              else None),
+                error=r.error,
+            )
+            for r in self.runners
         )
-        self.paths.plan_file.write_text(header + tomli_w.dumps(plan))
-        acc = info.api_account
-        env = {
-            "ATLAS_URL": lay.site_url,
-            "ATLAS_CLIENT_ID": acc.client_id,
-            "ATLAS_CLIENT_SECRET": acc.client_secret,
-            "ATLAS_CA_FILE": info.ca_file,
-            "ATLAS_DNS": lay.dns,
-        }
-        text = "# source this file: the demo's API account for `atlas cluster …`\n" + "".join(
-            f"export {k}={shlex.quote(v)}\n" for k, v in env.items())
-        certs.write_private(self.paths.env_file, text.encode())
-        self.paths.topology_text.write_text(lay.render_text())
-        self.paths.topology_svg.write_text(lay.render_svg())
 
     # ---- watching -------------------------------------------------------------------------
 
@@ -768,10 +898,13 @@ class DemoCluster:
                     t.acknowledged_revision, load.connected_clients if load else None,
                     load.active_sessions if load else None,
                 ))
+        method = (current_method(status.document)
+                  if status is not None and status.document is not None else None)
         return Snapshot(
             at=time.time(), revision=status.revision if status else None,
             sync_needed=status.sync_needed if status else False, nodes=tuple(views),
             dns_running=self.dns_child is not None and self.dns_child.running, error=error,
+            method=method, sessions=self.session_views(),
         )
 
     def exited(self) -> list[Child]:
@@ -782,21 +915,26 @@ class DemoCluster:
     # ---- stop ---------------------------------------------------------------------------------
 
     async def stop(self, force: asyncio.Event | None = None) -> list[str]:
-        """Stop every process: the nodes, then the DNS server. Returns those killed."""
+        """Stop every process: the synthetic clients, the nodes, then the DNS server.
+        Returns those killed."""
         info = self.info
         info.state = "stopping"
-        with contextlib.suppress(OSError):
-            save_info(self.paths.demo_file, info)
+        with contextlib.suppress(OSError, StateError):
+            self._save()
+        await cancel_all(self._runner_tasks)  # no pair starts again
+        clients = [c for r in self.runners for c in r.children()]
         await self._reset_api()
         if self._http is not None:
             await self._http.close()
             self._http = None
-        groups = [list(self.children.values()), [self.dns_child] if self.dns_child else []]
+        groups = [clients, list(self.children.values()),
+                  [self.dns_child] if self.dns_child else []]
         killed = await processes.stop_children(groups, force=force)
         info.state, info.orchestrator_pid, info.dns.pid = "stopped", None, None
         for n in info.nodes:
             n.pid = None
-        save_info(self.paths.demo_file, info)
+        info.sessions = []
+        self._save()
         return killed
 
 
@@ -840,11 +978,12 @@ def run(options: DemoOptions, ui: DemoUi) -> None:
         choice = method_choice(options.method, options.prefixes)
     except ValueError as exc:
         raise UsageProblem(str(exc)) from None
-    if options.sessions:
-        raise UsageProblem(
-            "--sessions: simulated support sessions need the customer and representative "
-            "clients (`atlas customer`, `atlas rep`), which are not there yet"
-        )
+    sessions = options.sessions or 0
+    if not 0 <= sessions <= MAX_SESSIONS:
+        raise UsageProblem(f"--sessions {sessions}: from 1 to {MAX_SESSIONS} pairs")
+    if options.session_seconds < MIN_SESSION_SECONDS:
+        raise UsageProblem(f"--session-length {options.session_seconds:g}: at least "
+                           f"{MIN_SESSION_SECONDS:g} seconds")
     paths = DemoPaths.at(options.root)
     check_directory(paths)
     paths.root.mkdir(parents=True, exist_ok=True)
@@ -863,14 +1002,17 @@ def run(options: DemoOptions, ui: DemoUi) -> None:
         if left:
             ui.say(f"Stopped processes an earlier demo left running: {', '.join(left)}")
         info, layout = prepare(paths, options, ui.say)
-        asyncio.run(_orchestrate(paths, info, layout, choice, ui))
+        ensure_session_representatives(paths, info, layout, sessions, ui.say)
+        asyncio.run(_orchestrate(paths, info, layout, choice, ui,
+                                 sessions=sessions, session_seconds=options.session_seconds))
     finally:
         lock.release()
 
 
 async def _orchestrate(paths: DemoPaths, info: DemoInfo, layout: DemoLayout,
-                       choice: MethodChoice, ui: DemoUi) -> None:
-    demo = DemoCluster(paths, info, layout, choice, ui.say)
+                       choice: MethodChoice, ui: DemoUi, *, sessions: int,
+                       session_seconds: float) -> None:
+    demo = DemoCluster(paths, info, layout, choice, ui.say, sessions, session_seconds)
     main = asyncio.current_task()
     assert main is not None
     loop = asyncio.get_running_loop()
@@ -897,7 +1039,8 @@ async def _orchestrate(paths: DemoPaths, info: DemoInfo, layout: DemoLayout,
             main.uncancel()
         finally:
             stopping = True
-            ui.say("Stopping the demo: every node, then the DNS server …")
+            clients = " the session clients," if demo.pairs else ""
+            ui.say(f"Stopping the demo:{clients} every node, then the DNS server …")
             killed = await demo.stop(force)
             if killed:
                 ui.say(f"Stopped; killed after the timeout: {', '.join(killed)}")
@@ -916,12 +1059,17 @@ __all__ = [
     "DemoPaths",
     "DemoUi",
     "NodeView",
+    "NotRunning",
+    "SessionView",
     "Snapshot",
     "StopReport",
     "UsageProblem",
     "check_directory",
+    "ensure_session_representatives",
     "prepare",
     "run",
     "stop_demo",
     "stop_leftovers",
+    "write_env",
+    "write_test_plan",
 ]

@@ -112,8 +112,13 @@ class MethodChoice:
     prefixes: bool  # traffic nodes get their region's client networks as prefixes
 
     def describe(self) -> str:
-        with_prefixes = "with" if self.prefixes else "without"
-        return f"{self.method.value} ({with_prefixes} network address prefixes)"
+        return describe_method(self.method.value, self.prefixes)
+
+
+def describe_method(method: str, prefixes: bool) -> str:
+    """``random (with network address prefixes)``: a method as the demo shows it."""
+    with_prefixes = "with" if prefixes else "without"
+    return f"{method} ({with_prefixes} network address prefixes)"
 
 
 METHOD_NAMES = ("random", "prefixes", "timezone", "srv", "a_record", "anycast", "least_loaded")
@@ -334,12 +339,18 @@ class DemoLayout:
                 ))
         return out
 
-    def test_plan(self, choice: MethodChoice) -> dict[str, Any]:
-        """The cluster test plan (``cluster-test.toml``) as a TOML-ready dict."""
+    def test_plan(self, choice: MethodChoice, representative: str | None = None,
+                  ca_file: str | None = None) -> dict[str, Any]:
+        """The cluster test plan (``cluster-test.toml``) as a TOML-ready dict:
+        ``representative`` is the test representative's username (its password is not
+        in the plan: ``DIR/env`` has it as ``ATLAS_REP_PASSWORD``)."""
+        head: dict[str, Any] = {"site": self.site, "url": self.site_url, "dns": self.dns}
+        if ca_file is not None:
+            head["ca_file"] = ca_file
+        if representative is not None:
+            head["representative"] = representative
         return {
-            "site": self.site,
-            "url": self.site_url,
-            "dns": self.dns,
+            **head,
             "method": choice.method.value,
             "prefixes": choice.prefixes,
             "probe": [
@@ -588,6 +599,7 @@ __all__ = [
     "Region",
     "Role",
     "default_layout",
+    "describe_method",
     "method_choice",
     "region_offset",
 ]

@@ -1,10 +1,10 @@
 """The demo's child processes, its directory lock, and stopping processes by pid.
 
-Every node and the DNS server is a child process in its own session, so a Ctrl-C in the
-terminal reaches only ``atlas demo``, which then stops its children in order: SIGTERM,
-a bounded wait, SIGKILL for whatever is left. On Linux each child also asks the kernel
-for SIGTERM should ``atlas demo`` itself die (``PR_SET_PDEATHSIG``), so even a killed
-demo leaves no node behind.
+Every node, the DNS server and every synthetic client is a child process in its own
+session, so a Ctrl-C in the terminal reaches only ``atlas demo``, which then stops its
+children in order: SIGTERM, a bounded wait, SIGKILL for whatever is left. On Linux each
+child also asks the kernel for SIGTERM should ``atlas demo`` itself die
+(``PR_SET_PDEATHSIG``), so even a killed demo leaves no process behind.
 
 ``DIR/demo.lock`` is held (``flock``) by the running demo and names its pid; a second
 ``atlas demo`` in the same directory finds it locked. :func:`terminate_pids` stops
@@ -56,7 +56,7 @@ def _append(path: Path) -> IO[bytes]:
 
 @dataclass
 class Child:
-    """One child process: a node or the DNS server."""
+    """One child process: a node, the DNS server or a synthetic client."""
 
     name: str
     argv: list[str]
@@ -64,6 +64,11 @@ class Child:
     log_file: Path
     proc: asyncio.subprocess.Process | None = None
     _drain: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    async def wait_exit(self) -> None:
+        """Until it has exited (at once if it never started)."""
+        if self.proc is not None:
+            await self.proc.wait()
 
     @property
     def pid(self) -> int | None:
@@ -99,8 +104,9 @@ class Child:
         assert self.proc is not None and self.proc.stdout is not None
         return await asyncio.wait_for(self.proc.stdout.readline(), timeout)
 
-    def drain_stdout(self) -> None:
-        """Keep copying piped stdout to the log, so the pipe never fills."""
+    def drain_stdout(self, on_line: Callable[[bytes], None] | None = None) -> None:
+        """Keep copying piped stdout to the log, so the pipe never fills; each line is
+        also handed to ``on_line`` (the clients' ``--json`` events)."""
         proc = self.proc
         if proc is None or proc.stdout is None:
             return
@@ -108,9 +114,17 @@ class Child:
 
         async def drain() -> None:
             with _append(self.log_file) as log:
-                while line := await stdout.readline():
+                while True:
+                    try:
+                        line = await stdout.readline()
+                    except ValueError:  # a line longer than the stream's limit
+                        line = await stdout.read(1 << 16)
+                    if not line:
+                        break
                     log.write(line)
                     log.flush()
+                    if on_line is not None:
+                        on_line(line)
 
         self._drain = asyncio.create_task(drain(), name=f"drain {self.name}")
 
@@ -137,7 +151,10 @@ class Child:
         return True
 
     async def close(self) -> None:
+        """Stop copying its output (after the last lines of a process that exited)."""
         if self._drain is not None:
+            if not self.running:
+                await asyncio.wait({self._drain}, timeout=1.0)
             self._drain.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._drain
@@ -156,7 +173,8 @@ async def stop_children(
     """
     killed: list[str] = []
     for group in groups:
-        children = [c for c in group if c.running]
+        every = list(group)
+        children = [c for c in every if c.running]
         for c in children:
             c.signal(signal.SIGTERM)
         waits: asyncio.Future[Any] = asyncio.gather(*(c.wait(timeout) for c in children))
@@ -175,7 +193,7 @@ async def stop_children(
             waits.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await waits
-        for c in children:
+        for c in every:
             await c.close()
     return killed
 

@@ -6,12 +6,19 @@ directory is created, and rewritten as the demo starts, runs and stops. Read it 
 
 ``state`` is ``stopped`` → ``starting`` → ``running`` → ``stopping`` → ``stopped``;
 ``pid`` fields are set while the process runs.
+
+Two processes write it: ``atlas demo`` (state, processes) and ``atlas demo set-method``
+(the method fields) while the demo runs. Both go through :func:`update_info`, which holds
+``demo.json.lock`` from reading to writing, so neither undoes the other's change.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -77,6 +84,21 @@ class NodeInfo(_Model):
     pid: int | None = None
 
 
+class SessionPairInfo(_Model):
+    """One synthetic customer/representative pair of ``atlas demo --sessions N``."""
+
+    name: str
+    representative: str = Field(description="the pair's representative account")
+    rep_region: str
+    rep_address: str = Field(description="the representative's source address")
+    customer_region: str
+    customer_address: str
+    rep_pid: int | None = None
+    customer_pid: int | None = None
+    rep_log: str
+    customer_log: str
+
+
 class DemoInfo(_Model):
     version: int = SCHEMA_VERSION
     state: str = "stopped"
@@ -95,7 +117,12 @@ class DemoInfo(_Model):
     revision: int = 0
     admin: Credentials
     api_account: ApiAccountInfo
-    representative: RepresentativeInfo
+    representative: RepresentativeInfo = Field(
+        description="the demo representative: the test representative of the cluster test")
+    session_representatives: list[RepresentativeInfo] = Field(
+        default_factory=list, description="one account per synthetic session pair")
+    sessions: list[SessionPairInfo] = Field(
+        default_factory=list, description="the synthetic session pairs of this run")
     cluster_test_plan: str
     env_file: str
     topology_text: str
@@ -129,6 +156,26 @@ def save_info(path: Path, info: DemoInfo) -> None:
     os.replace(tmp, path)
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # drops the lock
+
+
+def update_info(path: Path, change: Callable[[DemoInfo], None]) -> DemoInfo:
+    """Read ``path``, apply ``change`` and write it back, with no other
+    :func:`update_info` in between (another process's change is kept)."""
+    with _locked(path):
+        info = load_info(path)
+        change(info)
+        save_info(path, info)
+        return info
+
+
 __all__ = [
     "DEMO_FILE",
     "ApiAccountInfo",
@@ -138,7 +185,9 @@ __all__ = [
     "NodeInfo",
     "RegionInfo",
     "RepresentativeInfo",
+    "SessionPairInfo",
     "StateError",
     "load_info",
     "save_info",
+    "update_info",
 ]
