@@ -67,10 +67,10 @@ from typing import TypeVar
 import aiohttp
 
 from atlas.broker.stream_tokens import Direction, StreamSigner, load_or_create_signer
-from atlas.cli.client import AtlasClient, Connection
 from atlas.clients.control import ControlClient, ControlEvent, connect
 from atlas.clients.network import https_base_of
 from atlas.net import certs
+from atlas.net.api_client import AtlasClient, Connection
 from atlas.net.resolver import Resolver
 from atlas.net.tls import client_context
 from atlas.node.datadir import DataDir

@@ -12,9 +12,9 @@ import pytest
 from typer.testing import CliRunner
 
 from atlas.cli import app
-from atlas.cli.client import UsageError
 from atlas.cli.cluster import read_cluster_file, to_toml, toml_line
 from atlas.model.config import ClusterConfig
+from atlas.net.api_client import UsageError
 from tests.conftest import RunningNode, free_port
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "examples" / "cluster.toml"

@@ -41,10 +41,10 @@ from typing import Any
 
 import pytest
 
-from atlas.cli.client import AtlasClient, Connection
 from atlas.demo import processes
 from atlas.demo.layout import DemoLayout, default_layout
 from atlas.demo.state import DemoInfo, load_info
+from atlas.net.api_client import AtlasClient, Connection
 from atlas.net.resolver import DnsServer, Resolver
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]

@@ -1,6 +1,6 @@
 """``atlas cluster``: the cluster page of /login from a terminal, over ``/api/v1/cluster``.
 
-Every command talks to a running primary master through :mod:`atlas.cli.client` (site
+Every command talks to a running primary master through :mod:`atlas.net.api_client` (site
 URL and API account from ``--url``/``--client-id``/``--client-secret``/``--ca-file`` or
 ``ATLAS_URL``/``ATLAS_CLIENT_ID``/``ATLAS_CLIENT_SECRET``/``ATLAS_CA_FILE``) and exits
 with the codes listed there (0 ok, 1 failed, 2 usage/validation, 3 auth, 4 conflict,
@@ -34,7 +34,12 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from atlas.cli.client import (
+from atlas.cli.cluster_test import test_cmd
+from atlas.cli.node import err, out
+from atlas.cluster_plan import carry_guids, plan
+from atlas.model.config import ClusterConfig, SelectionMethod, TrafficNode
+from atlas.model.errors import describe_errors
+from atlas.net.api_client import (
     ENV_CA_FILE,
     ENV_CLIENT_ID,
     ENV_CLIENT_SECRET,
@@ -47,11 +52,6 @@ from atlas.cli.client import (
     UsageError,
     node_path,
 )
-from atlas.cli.cluster_test import test_cmd
-from atlas.cli.node import err, out
-from atlas.cluster_plan import carry_guids, plan
-from atlas.model.config import ClusterConfig, SelectionMethod, TrafficNode
-from atlas.model.errors import describe_errors
 from atlas.node.roles import Role
 from atlas.selection.client import ClientKind
 from atlas.web.api_v1.cluster_models import (

@@ -24,7 +24,12 @@ from rich import box
 from rich.markup import escape
 from rich.table import Table
 
-from atlas.cli.client import (
+from atlas.cli.node import err, out
+from atlas.cluster_test.plan import PlanError, ProbeSpec, load_plan
+from atlas.cluster_test.runner import ClusterTest, TestOptions, TestReport, report_dict
+from atlas.cluster_test.verdict import ProbeResult, Result, Severity
+from atlas.model.timezones import format_offset
+from atlas.net.api_client import (
     ENV_CA_FILE,
     ENV_CLIENT_ID,
     ENV_CLIENT_SECRET,
@@ -35,11 +40,6 @@ from atlas.cli.client import (
     ClientError,
     Connection,
 )
-from atlas.cli.node import err, out
-from atlas.cluster_test.plan import PlanError, ProbeSpec, load_plan
-from atlas.cluster_test.runner import ClusterTest, TestOptions, TestReport, report_dict
-from atlas.cluster_test.verdict import ProbeResult, Result, Severity
-from atlas.model.timezones import format_offset
 from atlas.net.resolver import ENV_VAR as ENV_DNS
 from atlas.net.resolver import DnsServer, Resolver
 

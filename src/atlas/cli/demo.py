@@ -13,7 +13,7 @@ import sys
 import time
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich import box
@@ -22,11 +22,19 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
+from atlas.demo.cluster import (
+    DemoCluster,
+    DemoOptions,
+    SessionView,
+    Snapshot,
+    run,
+    stop_demo,
+)
+from atlas.demo.errors import DemoError
 from atlas.demo.layout import DEFAULT_DNS_PORT, DEFAULT_PORT, DEFAULT_SITE
+from atlas.demo.sessions import FPS, SIZE
+from atlas.demo.set_method import set_method as change
 from atlas.node.logs import setup_logging
-
-if TYPE_CHECKING:  # atlas.demo.cluster uses atlas.cli.client: imported when a command runs
-    from atlas.demo.cluster import DemoCluster, SessionView, Snapshot
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 200)
@@ -218,8 +226,6 @@ def summary(demo: DemoCluster, snapshot: Snapshot, dir_arg: Path) -> Group:
         "",
     ]
     if snapshot.sessions or demo.pairs:
-        from atlas.demo.sessions import FPS, SIZE
-
         lines[3:3] = [
             f"[bold]Synthetic sessions[/] {len(demo.pairs)} customer/representative pairs, "
             f"{SIZE} test pattern at {FPS:g} fps, {demo.session_seconds:g}-second sessions "
@@ -263,7 +269,6 @@ def demo(
     """Bring up a whole cluster on this machine and keep it running until Ctrl-C."""
     if ctx.invoked_subcommand is not None:
         return
-    from atlas.demo.cluster import DemoError, DemoOptions, run
 
     setup_logging("warning")
     options = DemoOptions(root=directory, method=method.value, prefixes=prefixes, site=site,
@@ -289,9 +294,6 @@ def set_method(
 ) -> None:
     """Change the method of the demo running in a directory, through the REST API, sync,
     and rewrite its cluster test plan."""
-    from atlas.demo.errors import DemoError
-    from atlas.demo.set_method import set_method as change
-
     setup_logging("warning")
 
     def say(text: str) -> None:
@@ -306,8 +308,6 @@ def set_method(
 @app.command("stop")
 def stop(directory: DirOption = DEFAULT_DIR) -> None:
     """Stop the demo running in a directory (started in another terminal or by a script)."""
-    from atlas.demo.cluster import DemoError, stop_demo
-
     try:
         report = stop_demo(directory)
     except DemoError as exc:

@@ -26,7 +26,6 @@ import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from atlas.cli.client import AtlasClient, ClientError, Connection, UsageError
 from atlas.clients.network import SiteAddress
 from atlas.cluster_test.plan import ProbeSpec, TestPlan
 from atlas.cluster_test.probe import ProbeFailed, ProbeSite, TestConnection, open_connection
@@ -42,6 +41,7 @@ from atlas.cluster_test.verdict import (
     passed,
     precheck,
 )
+from atlas.net.api_client import AtlasClient, ClientError, Connection, UsageError
 from atlas.net.resolver import DnsServer, Resolver
 from atlas.node.roles import Role
 from atlas.web.api_v1.cluster_models import ClusterOut, RouteOut

@@ -50,7 +50,6 @@ from typing import Any, Protocol
 import aiohttp
 import tomli_w
 
-from atlas.cli.client import AtlasClient, AuthError, ClientError, Connection
 from atlas.demo import processes
 from atlas.demo.configure import CLUSTER, configure_cluster, current_method
 from atlas.demo.errors import AlreadyRunning, DemoError, NotRunning, UsageProblem
@@ -93,6 +92,7 @@ from atlas.demo.state import (
 )
 from atlas.demo.zone import DemoZone
 from atlas.net import certs
+from atlas.net.api_client import AtlasClient, AuthError, ClientError, Connection
 from atlas.net.resolver import DnsServer, Resolver
 from atlas.net.tls import client_context
 from atlas.node.datadir import DataDir

@@ -22,10 +22,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from atlas.cli.client import AtlasClient, ClientError, node_path
 from atlas.demo.errors import DemoError
 from atlas.demo.layout import DemoLayout, MethodChoice, describe_method
 from atlas.model.config import ClusterConfig, HealthSettings, SelectionSettings, TrafficNode
+from atlas.net.api_client import AtlasClient, ClientError, node_path
 from atlas.node.roles import Role as ClusterRole
 from atlas.selection.viability import NotViable
 from atlas.web.api_v1.cluster_models import (

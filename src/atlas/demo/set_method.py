@@ -16,13 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from atlas.cli.client import AtlasClient, Connection
 from atlas.demo.cluster import DemoPaths, write_test_plan
 from atlas.demo.configure import configure_cluster
 from atlas.demo.errors import DemoError, NotRunning, UsageProblem
 from atlas.demo.layout import DemoLayout, MethodChoice, default_layout, method_choice
 from atlas.demo.processes import DemoLock
 from atlas.demo.state import DemoInfo, StateError, load_info, update_info
+from atlas.net.api_client import AtlasClient, Connection
 from atlas.net.resolver import DnsServer, Resolver
 
 Say = Callable[[str], None]

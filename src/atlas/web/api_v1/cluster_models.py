@@ -2,7 +2,7 @@
 
 Bodies reuse the configuration model (:mod:`atlas.model.config`) wherever the API takes a
 piece of the document, so the API, the TOML file and the /login forms validate alike.
-The CLI (:mod:`atlas.cli.client`) parses answers with these same models.
+The CLI (:mod:`atlas.net.api_client`) parses answers with these same models.
 """
 
 from __future__ import annotations

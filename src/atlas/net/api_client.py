@@ -1,4 +1,4 @@
-"""A small typed HTTP client of ``/api/v1`` for the ``atlas`` CLI.
+"""A small typed HTTP client of ``/api/v1``: the ``atlas`` CLI, the demo and the cluster test.
 
 Where and who: the site URL, an API account's client id and secret, and the CA file to
 trust, from options or the environment (``ATLAS_URL``, ``ATLAS_CLIENT_ID``,
