@@ -73,7 +73,8 @@ def test_bad_plans_and_options(env: dict[str, str], plan: Path, tmp_path: Path) 
     assert code == 2 and "no test representative" in output
 
     code, output = run({**env, "ATLAS_REP_PASSWORD": ""}, str(plan))
-    assert code == 2 and "no password for the test representative 'test-rep'" in output
+    assert code == 2
+    assert "the test representative 'test-rep': no password: set $ATLAS_REP_PASSWORD" in output
 
     code, output = run({**env, "ATLAS_URL": ""}, str(plan))
     assert code == 2 and "missing --url" in output

@@ -29,7 +29,6 @@ from argon2 import PasswordHasher
 from atlas.broker.service import BROKER, Broker, replace_settings
 from atlas.clients.control import connect as control_connect
 from atlas.clients.customer import CustomerApp
-from atlas.clients.report import EVENTS
 from atlas.clients.representative import RepresentativeApp
 from atlas.clients.session import ClientApp, ClientSettings, ScreenSettings
 from atlas.clients.streams import RetryPolicy, ScreenPublisher, StreamViewer
@@ -43,6 +42,7 @@ from atlas.relay.endpoint import RELAY, RelayService
 from atlas.store import passwords
 from atlas.store import representatives as reps
 from tests.conftest import InProcessNode, NodeFactory
+from tests.support.reporters import ListReporter
 
 pytestmark = pytest.mark.timeout(120)
 PASSWORD = "rep password 12345"
@@ -54,19 +54,9 @@ def fast_hashing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(passwords, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024))
 
 
-class ListReporter:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(self, event: str, **fields: Any) -> None:
-        assert event in EVENTS, event
-        self.events.append((event, fields))
-
-    def close(self) -> None:
-        pass
-
+class StreamReporter(ListReporter):
     def streams(self) -> list[dict[str, Any]]:
-        return [f for e, f in self.events if e == "stream"]
+        return self.of("stream")
 
 
 class SiteClock:
@@ -86,8 +76,8 @@ class Session:
     clock: SiteClock
     customer: CustomerApp
     rep: RepresentativeApp
-    customer_events: ListReporter
-    rep_events: ListReporter
+    customer_events: StreamReporter
+    rep_events: StreamReporter
 
     def runners(self) -> list[ScreenPublisher | StreamViewer]:
         found: list[Any] = []
@@ -146,7 +136,7 @@ async def start_session(site: InProcessNode) -> AsyncIterator[Callable[..., Any]
         rep_control = await control_connect(
             site.base_url, kind=ClientKind.REPRESENTATIVE,
             auth=AuthRep(username="alice", password=PASSWORD), ca_file=ca)
-        customer_events, rep_events = ListReporter(), ListReporter()
+        customer_events, rep_events = StreamReporter(), StreamReporter()
         customer = CustomerApp(customer_control, settings, customer_events)
         rep = RepresentativeApp(rep_control, settings, rep_events, accept_next=True)
         for client in (customer, rep):
@@ -171,7 +161,7 @@ async def _ten_minutes_later_every_stream_drops(session: Session) -> int:
     return before
 
 
-def _renewed(events: ListReporter) -> set[str]:
+def _renewed(events: StreamReporter) -> set[str]:
     return {f"{f['direction']} {f['stream']}" for f in events.streams()
             if f["state"] == "grant renewed"}
 

@@ -18,13 +18,11 @@ import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
 from atlas.broker.stream_tokens import load_or_create_signer
 from atlas.clients.network import NetworkSettings
-from atlas.clients.report import EVENTS
 from atlas.clients.screen import TestPattern
 from atlas.clients.streams import (
     FrameReceived,
@@ -51,6 +49,7 @@ from atlas.relay.upgrade import UPGRADE_TOKEN
 from tests.clients.test_streams import Events
 from tests.conftest import RunningNode
 from tests.relay.conftest import HOST, TlsMaterial
+from tests.support.reporters import ListReporter
 
 pytestmark = pytest.mark.timeout(90)
 SESSION = "s-loss"
@@ -200,18 +199,6 @@ async def test_a_viewer_reports_a_killed_node_as_lost(running_node: RunningNode)
         assert "lost (1006" in first.reason
         assert all(isinstance(e, StreamDown) and e.lost for e in events.of(StreamDown))
     assert len(seen.of(StreamUp)) == 1  # it never came back
-
-
-class ListReporter:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(self, event: str, **fields: Any) -> None:
-        assert event in EVENTS, event
-        self.events.append((event, fields))
-
-    def close(self) -> None:
-        pass
 
 
 async def test_the_client_reports_a_loss_unlike_an_end() -> None:

@@ -19,7 +19,6 @@ from atlas.broker.service import BROKER, Broker, replace_settings
 from atlas.broker.session_keys import DEFAULT_TTL_SECONDS
 from atlas.broker.stream_tokens import load_trusted_keys
 from atlas.clients.control import connect as control_connect
-from atlas.clients.report import EVENTS
 from atlas.clients.representative import RepresentativeApp
 from atlas.clients.session import ClientSettings
 from atlas.protocol.control import (
@@ -52,6 +51,7 @@ from atlas.store import representatives
 from atlas.store.api_accounts import Permission, create_account, issue_token
 from atlas.web.control_ws import WS_MAX_MESSAGE
 from tests.conftest import InProcessNode
+from tests.support.reporters import ListReporter
 
 M = TypeVar("M")
 PASSWORD = "correct horse battery staple 7"
@@ -333,18 +333,6 @@ async def test_a_representative_generates_a_key_its_customer_uses(
     await c.ws.send_str('{"v":1,"type":"generate_session_key","queue_id":null,"ttl":null}')
     code, reason = await c.closed()
     assert code == CloseCode.PROTOCOL_ERROR and "support_customer" in reason
-
-
-class ListReporter:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, dict[str, Any]]] = []
-
-    def emit(self, event: str, **fields: Any) -> None:
-        assert event in EVENTS, event
-        self.events.append((event, fields))
-
-    def close(self) -> None:
-        pass
 
 
 @pytest.mark.parametrize("ttl", [None, 3600])

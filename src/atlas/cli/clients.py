@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import getpass
-import os
 import signal
 import sys
 from collections.abc import Callable
@@ -31,6 +29,7 @@ import typer
 from pydantic import ValidationError
 
 from atlas.broker.session_keys import MAX_TTL_SECONDS, MIN_TTL_SECONDS
+from atlas.cli.prompts import NoPassword, login_password
 from atlas.clients.control import ControlClient, ControlOptions
 from atlas.clients.customer import CustomerApp
 from atlas.clients.errors import EXIT_USAGE, ClientFailure
@@ -281,18 +280,10 @@ def customer(
 
 
 def _password(user: str) -> str:
-    password = os.environ.get(ENV_PASSWORD)
-    if password:
-        return password
-    if not stdin_is_interactive():
-        raise _usage(f"no password: set ${ENV_PASSWORD} (stdin is not a terminal)")
     try:
-        password = getpass.getpass(f"Password for {user}: ")
-    except (EOFError, KeyboardInterrupt):
-        raise _usage("no password given") from None
-    if not password:
-        raise _usage("no password given")
-    return password
+        return login_password(ENV_PASSWORD, f"Password for {user}: ")
+    except NoPassword as exc:
+        raise _usage(str(exc)) from None
 
 
 def rep(

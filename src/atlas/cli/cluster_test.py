@@ -12,10 +12,8 @@ expected, 1 otherwise; 2 for a bad plan or option, 3 refused credentials, 5 unre
 from __future__ import annotations
 
 import asyncio
-import getpass
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +23,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from atlas.cli.node import err, out
+from atlas.cli.prompts import NoPassword, login_password
 from atlas.cluster_test.plan import PlanError, ProbeSpec, load_plan
 from atlas.cluster_test.runner import ClusterTest, TestOptions, TestReport, report_dict
 from atlas.cluster_test.verdict import ProbeResult, Result, Severity
@@ -54,19 +53,11 @@ def _fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
 
 
 def _password(user: str) -> str:
-    password = os.environ.get(ENV_REP_PASSWORD)
-    if password:
-        return password
-    if not sys.stdin.isatty():
-        raise _fail(f"no password for the test representative {user!r}: set "
-                    f"${ENV_REP_PASSWORD}")
     try:
-        password = getpass.getpass(f"Password of the test representative {user}: ")
-    except (EOFError, KeyboardInterrupt):
-        raise _fail("no password given") from None
-    if not password:
-        raise _fail("no password given")
-    return password
+        return login_password(ENV_REP_PASSWORD,
+                              f"Password of the test representative {user}: ")
+    except NoPassword as exc:
+        raise _fail(f"the test representative {user!r}: {exc}") from None
 
 
 def _offset(p: ProbeSpec) -> str:
