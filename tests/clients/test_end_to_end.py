@@ -236,6 +236,42 @@ def test_show_my_screen(site: Site) -> None:
     assert len([e for e in sent if rep_events.index(e) > rep_events.index(off)]) <= 2
 
 
+def test_queue_personal_leaves_the_general_queue_alone(site: Site) -> None:
+    general = customer(site, site.session_key(), "--duration", "30", "--no-report-frames")
+    try:
+        # the general customer queued first; the console still takes only its own
+        assert _queued(general)
+        mine = customer(site, site.session_key("rep_username:alice"), "--frames", "3",
+                        "--no-report-frames")
+        rep_proc = rep(site, "--accept-next", "--queue", "personal", "--frames", "3")
+        rep_code, rep_events, rep_err = finish(rep_proc)
+        mine_code, mine_events, mine_err = finish(mine)
+        assert rep_code == 0, rep_err
+        assert mine_code == 0, mine_err
+        (accepted,) = of(rep_events, "accepted")
+        (started,) = of(mine_events, "started")
+        assert accepted["session_id"] == started["session_id"]
+        assert general.poll() is None  # still waiting in the general queue
+    finally:
+        general.terminate()
+        general.communicate(timeout=WAIT)
+
+
+def _queued(proc: subprocess.Popen[str]) -> bool:
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if line.startswith("{") and json.loads(line)["event"] == "queued":
+            return True
+    return False
+
+
+@pytest.mark.parametrize("queue", ["mine", "rep:", "rep_username:", "general ; x"])
+def test_a_bad_queue_is_a_usage_error(site: Site, queue: str) -> None:
+    code, _events, err = finish(atlas("rep", "--site", site.url, "--user", "alice",
+                                      "--queue", queue, env={"ATLAS_PASSWORD": REP_PASSWORD}))
+    assert code == 2 and err.startswith(f"error: --queue {queue!r}: expected personal"), err
+
+
 @pytest.mark.parametrize(("args", "env_password", "code", "line"), [
     (["customer", "--key", "0000000"], None, 3, "error: bad key:"),
     (["rep", "--user", "alice"], "wrong password 1", 3, "error: wrong password:"),

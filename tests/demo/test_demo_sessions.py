@@ -99,6 +99,7 @@ def test_the_representative_takes_its_queue_from_its_region() -> None:
     pair = plan_pairs(LAYOUT, 2)[1]
     params = parse(rep_argv(pair, SITE))
     assert params["user"] == "sim-rep2" and params["accept_next"] is True
+    assert params["queue"] == "personal"  # never a customer of the general queue
     assert params["source_address"] == "127.20.2.2"
     assert params["tz_offset"] == "Asia/Tokyo"
     assert params["site"] == LAYOUT.site_url

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -51,6 +52,8 @@ from atlas.net.resolver import ENV_VAR as DNS_ENV
 from atlas.net.resolver import DnsServer
 from atlas.protocol.control import AuthCustomer, AuthRep, ClientKind
 
+QUEUE_PATTERN = re.compile(
+    r"personal|general|rep:\d{1,18}|rep_username:[A-Za-z0-9][A-Za-z0-9._@-]{0,99}")
 ENV_SITE = "ATLAS_SITE"
 ENV_CA_FILE = "ATLAS_CA_FILE"
 ENV_PASSWORD = "ATLAS_PASSWORD"  # noqa: S105 - the variable's name
@@ -295,6 +298,10 @@ def rep(
         "--accept-next", help="Accept the next waiting session without asking")] = False,
     list_queue: Annotated[bool, typer.Option(
         "--list-queue", help="Print the queue and exit")] = False,
+    queue: Annotated[str | None, typer.Option(
+        "--queue", metavar="QUEUE",
+        help="Accept only sessions of this queue: personal (your own), general, or a "
+             "queue id such as rep:12")] = None,
     generate_key: Annotated[bool, typer.Option(
         "--generate-key", help="Generate a session key for your personal queue and print it "
                                "(with --accept-next or at the terminal, then wait for that "
@@ -342,6 +349,10 @@ def rep(
         raise _usage("--show-my-screen-seconds goes with --show-my-screen")
     if key_ttl is not None and not generate_key:
         raise _usage("--key-ttl goes with --generate-key")
+    accept_queue = queue.strip() if queue is not None else None
+    if accept_queue is not None and not QUEUE_PATTERN.fullmatch(accept_queue):
+        raise _usage(f"--queue {queue!r}: expected personal, general, rep:<id> or "
+                     "rep_username:<username>")
     common = _common(site=site, ca_file=ca_file, dns=dns, source_address=source_address,
                      tz_offset=tz_offset, hostname=hostname, duration=duration,
                      frames=frames, json=json, source=source, size=size, fps=fps,
@@ -368,7 +379,7 @@ def rep(
             prompt=terminal_prompt if interactive else None, save_frames=save_frames,
             show_my_screen=show_my_screen, show_my_screen_seconds=show_my_screen_seconds,
             stay=stay, list_queue=list_queue, generate_key=generate_key, key_ttl=key_ttl,
-            source_factory=factory,
+            accept_queue=accept_queue, source_factory=factory,
         )
 
     try:

@@ -7,7 +7,8 @@ own screen on its home node for the customer to watch.
 
 * ``welcome`` + ``queue`` — the sessions waiting in the queues this representative sees
   (``general``, its personal ``rep:<id>``); ``--accept-next`` takes the oldest without
-  asking, otherwise a person is asked on the terminal;
+  asking, otherwise a person is asked on the terminal; ``--queue`` limits both to one
+  queue (``personal``, ``general`` or a queue id);
 * ``session_started`` — view ``screen:customer`` on the customer's home node; every
   frame is measured (:mod:`atlas.clients.stats`) and, with ``--save-frames``, written as
   a JPEG whose comment carries the publisher's frame counter; and connect the publisher
@@ -33,7 +34,7 @@ import sys
 import threading
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Final
 
 from atlas.clients.control import ControlClient, ControlEvent
 from atlas.clients.errors import SiteRefused
@@ -61,6 +62,11 @@ from atlas.protocol.control import (
 Prompt = Callable[[str], Awaitable[bool]]
 SAVE_QUALITY = 90
 DEFAULT_RETRY_SECONDS = 5
+
+
+PERSONAL_QUEUE: Final = "personal"
+"""``--queue personal``: the representative's own queue (``rep:<id>`` or
+``rep_username:<name>``, as the session key named it)."""
 
 
 class FrameSaver:
@@ -118,10 +124,11 @@ class RepresentativeApp(ClientApp):
                  save_frames: Path | None = None, show_my_screen: bool = False,
                  show_my_screen_seconds: float | None = None, stay: bool = False,
                  list_queue: bool = False, generate_key: bool = False,
-                 key_ttl: int | None = None,
+                 key_ttl: int | None = None, accept_queue: str | None = None,
                  source_factory: Callable[[], ScreenSource] | None = None) -> None:
         super().__init__(control, settings, reporter, source_factory=source_factory)
         self.accept_next = accept_next
+        self.accept_queue = accept_queue  # None: any; "personal"; else a queue id
         self.prompt = prompt
         self.saver = FrameSaver(save_frames) if save_frames is not None else None
         self.show_my_screen = show_my_screen
@@ -135,6 +142,7 @@ class RepresentativeApp(ClientApp):
         self.queue: Queue | None = None
         self.accept_pending = False
         self.asking = False
+        self.asked: QueueEntry | None = None
         self.customer_hostname: str | None = None
         self.restart_customer: str | None = None
         self.frames_received = 0
@@ -180,8 +188,20 @@ class RepresentativeApp(ClientApp):
         return next((e for e in self.queue.entries if e.queue_id.startswith("rep:")
                      and e.customer_hostname == self.restart_customer), None)
 
+    def acceptable(self) -> list[QueueEntry]:
+        """The waiting sessions this console may take (``--queue``), oldest first."""
+        if self.queue is None:
+            return []
+        if self.accept_queue is None:
+            return list(self.queue.entries)
+        if self.accept_queue == PERSONAL_QUEUE:
+            return [e for e in self.queue.entries
+                    if e.queue_id.startswith(("rep:", "rep_username:"))]
+        return [e for e in self.queue.entries if e.queue_id == self.accept_queue]
+
     async def maybe_accept(self) -> None:
         """Take the next session if we are free and may (restart first)."""
+        waiting = self.acceptable()
         if (self.session is not None or self.accept_pending or self.asking
                 or self.queue is None or not self.queue.entries):
             return
@@ -192,14 +212,17 @@ class RepresentativeApp(ClientApp):
             return
         if self.restart_customer is not None and not self.accept_next and not self.prompt:
             return
+        if not waiting:
+            return
         if self.accept_next:
             self.accept_pending = True
-            await self.send(AcceptNext())
+            await self.send(AcceptNext(
+                queue_id=waiting[0].queue_id if self.accept_queue is not None else None))
             return
         if self.prompt is not None:
-            first = self.queue.entries[0]
             self.asking = True
-            self.spawn(self._ask(first), "prompt")
+            self.asked = waiting[0]
+            self.spawn(self._ask(waiting[0]), "prompt")
 
     async def _ask(self, entry: QueueEntry) -> None:
         assert self.prompt is not None
@@ -225,9 +248,10 @@ class RepresentativeApp(ClientApp):
             await self.maybe_accept()
         elif timer.name == "answer":
             self.asking = False
+            asked, self.asked = self.asked, None
             if timer.data and self.session is None and not self.accept_pending:
-                self.accept_pending = True
-                await self.send(AcceptNext())
+                self.accept_pending = True  # the oldest of the queue asked about
+                await self.send(AcceptNext(queue_id=asked.queue_id if asked else None))
         elif timer.name == "show_my_screen_off" and self.session is not None:
             if self.session.session_id == timer.data:
                 await self.set_show_my_screen(False)

@@ -28,7 +28,7 @@ from atlas.clients.customer import CustomerApp
 from atlas.clients.errors import EXIT_REFUSED, EXIT_UNREACHABLE, ClientFailure
 from atlas.clients.host import HostFacts
 from atlas.clients.network import NetworkSettings, SiteAddress
-from atlas.clients.representative import RepresentativeApp
+from atlas.clients.representative import PERSONAL_QUEUE, RepresentativeApp
 from atlas.clients.session import ClientApp, ClientSettings, ScreenSettings
 from atlas.cluster_test.plan import ProbeSpec
 from atlas.net.resolver import DnsServer
@@ -169,7 +169,8 @@ async def open_connection(site: ProbeSite, probe: ProbeSpec, timeout: float) -> 
         rep_app, rep_task = await _client(
             site, probe, ClientKind.REPRESENTATIVE,
             AuthRep(username=site.representative, password=site.password), conn.rep,
-            lambda c, s, log: RepresentativeApp(c, s, log, accept_next=True), timeout * 2)
+            lambda c, s, log: RepresentativeApp(c, s, log, accept_next=True,
+                                                accept_queue=PERSONAL_QUEUE), timeout * 2)
         conn.apps.append(rep_app)
         conn.tasks.append(rep_task)
         cust_app, cust_task = await _client(

@@ -137,9 +137,11 @@ def _client_args(client: SessionClient, site: SessionSite) -> list[str]:
 
 
 def rep_argv(pair: SessionPair, site: SessionSite, python: str = sys.executable) -> list[str]:
-    """``atlas rep``, taking the next session of its queue (password from the
-    environment, ``ATLAS_PASSWORD``)."""
+    """``atlas rep``, taking the next session of its personal queue only (a customer a
+    person sends to the general queue is left to people; password from the environment,
+    ``ATLAS_PASSWORD``)."""
     return [python, "-m", "atlas", "rep", "--user", pair.rep_username, "--accept-next",
+            "--queue", "personal",
             "--no-live", *_client_args(pair.representative, site)]
 
 
