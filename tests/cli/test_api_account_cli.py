@@ -19,7 +19,7 @@ runner = CliRunner()
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     root = tmp_path / "node"
-    init_node(root, name="n1", public="127.0.0.1:4443", listen="127.0.0.1",
+    init_node(root, name="n1", public="n1.example.test:4443", listen="127.0.0.1",
               admin_password="correct horse battery")
     return root
 

@@ -29,8 +29,9 @@ from tests.support.fuzz import schemathesis_config
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
     root = tmp_path / "node"
-    init_node(root, name="n1", public="127.0.0.1:4443", internal="10.1.2.3:8443",
-              listen="127.0.0.1", admin_password="correct horse battery")
+    init_node(root, name="n1", public="n1.example.test:4443",
+              internal="n1.internal.example.test:8443", listen="127.0.0.1",
+              admin_password="correct horse battery")
     n = Node(root)
     yield n
     n.close()
@@ -66,8 +67,8 @@ async def test_get_node(client, node) -> None:
     assert body["guid"] == node.identity.guid
     assert body["name"] == "n1"
     assert body["version"] == node.software_version
-    assert body["public_address"] == "127.0.0.1:4443"
-    assert body["internal_address"] == "10.1.2.3:8443"
+    assert body["public_address"] == "n1.example.test:4443"
+    assert body["internal_address"] == "n1.internal.example.test:8443"
     assert body["role"] == "standalone"
     assert body["failover_role"] == "none"
     assert 0 <= body["uptime_seconds"] < 600

@@ -32,7 +32,7 @@ from atlas.web.command_api import (
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
     root = tmp_path / "node"
-    init_node(root, name="n1", public="127.0.0.1:4443", listen="127.0.0.1",
+    init_node(root, name="n1", public="n1.example.test:4443", listen="127.0.0.1",
               admin_password="correct horse battery")
     n = Node(root)
     yield n
@@ -95,7 +95,7 @@ async def test_check_health_shape(client, node) -> None:
     appliance = root.find("appliance")
     assert appliance is not None
     assert appliance.get("id") == node.identity.guid
-    assert appliance.findtext("hostname") == "127.0.0.1"
+    assert appliance.findtext("hostname") == "n1.example.test"
     assert appliance.findtext("version") == node.software_version
     assert appliance.findtext("enabled") == "true"
     assert appliance.findtext("success") == "1"

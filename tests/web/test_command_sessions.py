@@ -39,7 +39,7 @@ Http = TestClient[web.Request, web.Application]
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
     root = tmp_path / "node"
-    init_node(root, name="n1", public="127.0.0.1:4443", listen="127.0.0.1",
+    init_node(root, name="n1", public="n1.example.test:4443", listen="127.0.0.1",
               admin_password="correct horse battery")
     n = Node(root)
     representatives.create(n.db, "alice", "Alice A.", PASSWORD)
@@ -108,7 +108,7 @@ async def test_generate_session_key(client: Http, node: Node) -> None:
     assert root.tag == "session_key"
     short_key = root.findtext("short_key") or ""
     assert len(short_key) == 7 and short_key.isdigit()
-    assert root.findtext("key_url") == f"https://127.0.0.1:4443/s/{short_key}"
+    assert root.findtext("key_url") == f"https://n1.example.test:4443/s/{short_key}"
     expires = root.find("expires")
     assert expires is not None
     assert before + 300 <= int(expires.get("ts") or 0) <= int(time.time()) + 300
@@ -171,7 +171,7 @@ async def test_get_connected_clients_on_the_master(client: Http, node: Node) -> 
     (only,) = root
     (conn,) = only.findall("client_connections/client_connections/client_connection")
     assert conn.findtext("appliance_id") == node.identity.guid
-    assert conn.findtext("role") == "primary" and conn.findtext("hostname") == "127.0.0.1"
+    assert conn.findtext("role") == "primary" and conn.findtext("hostname") == "n1.example.test"
     assert conn.find("connected_since").get("ts")  # type: ignore[union-attr]
     root = await xml(await client.get(
         "/api/command?action=get_connected_clients&type=presentation_attendee,push_agent",

@@ -28,7 +28,7 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 @pytest.fixture
 def node(tmp_path: Path) -> Node:
     root = tmp_path / "node"
-    init_node(root, name="n1", public="127.0.0.1:4443", listen="127.0.0.1",
+    init_node(root, name="n1", public="n1.example.test:4443", listen="127.0.0.1",
               admin_password="correct horse battery")
     n = Node(root)
     yield n

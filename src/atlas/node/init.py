@@ -44,10 +44,21 @@ def _check_name(name: str) -> str:
 
 
 def _parse_address(option: str, text: str) -> HostPort:
+    """A node address: ``host:port`` with a hostname. The cluster configuration refuses
+    IP addresses for nodes (guide: each node has a canonical hostname, which its
+    certificate covers), so a node created with one could never join a cluster."""
     try:
-        return HostPort.parse(text)
+        hp = HostPort.parse(text)
     except ValueError as exc:
         raise InitError(f"{option}: {exc}") from None
+    try:
+        ipaddress.ip_address(hp.host)
+    except ValueError:
+        return hp
+    raise InitError(
+        f"{option}: {hp.host} is an IP address; give the node's canonical hostname "
+        f"(e.g. master1.support.example.com:{hp.port}) — a cluster refuses IP addresses "
+        "for nodes, and --listen sets the IP address to bind")
 
 
 def _default_listen(public: HostPort) -> str:
