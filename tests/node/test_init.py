@@ -51,6 +51,21 @@ def test_init_with_given_password_does_not_print_it(tmp_path: Path) -> None:
     assert "correct horse battery" not in out
 
 
+def test_init_takes_the_admin_password_from_the_environment(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["init", str(tmp_path / "n"), "--name", "a", "--public",
+                            "localhost:8443", "--listen", "127.0.0.1"],
+                      env={"ATLAS_ADMIN_PASSWORD": "correct horse battery"})
+    assert r.exit_code == 0, r.output
+    assert "correct horse battery" not in r.output and "admin password" not in r.output
+    db = Database(DataDir(tmp_path / "n").db_file)
+    try:
+        admin = get_admin(db, "admin")
+        assert admin is not None
+        assert verify_password(admin.password_hash, "correct horse battery")
+    finally:
+        db.close()
+
+
 def test_init_with_ca_dir_and_internal_address(tmp_path: Path) -> None:
     certs.create_ca_dir(tmp_path / "ca")
     code, out = run("init", str(tmp_path / "n"), "--name", "us-traffic1",

@@ -44,7 +44,10 @@ def init(
         Path | None, typer.Option(help="CA bundle to trust for node-to-node TLS")
     ] = None,
     admin_password: Annotated[
-        str | None, typer.Option(help="First admin password (default: generated, printed once)")
+        str | None, typer.Option(
+            envvar="ATLAS_ADMIN_PASSWORD", show_envvar=True,
+            help="First admin password (default: generated, printed once); prefer the "
+                 "environment variable: an option is visible to other users in ps")
     ] = None,
 ) -> None:
     """Create a node: GUID, name, addresses, TLS certificate, database, first admin."""
