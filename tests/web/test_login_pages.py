@@ -85,7 +85,7 @@ async def test_psk_is_saved_never_shown_and_never_logged(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     await admin.get(SECURITY)
-    with caplog.at_level(logging.INFO, logger="atlas.web.login"):
+    with caplog.at_level(logging.INFO, logger="atlas"):
         page = await admin.post(SECURITY, {"psk": psk, "psk_confirm": psk})
     assert page.status == 200 and page.url.endswith(SECURITY)
     assert "has been saved" in page.text

@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from atlas import SOFTWARE_VERSION
-from atlas.cli import accounts, clients, cluster, demo, node, users
+from atlas.cli import accounts, clients, cluster, demo, node, psk, users
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="Atlas remote-support cluster.")
 
@@ -32,6 +32,7 @@ app.command("serve")(node.serve_cmd)
 app.add_typer(demo.app, name="demo")
 app.add_typer(node.certs_app, name="certs")
 app.add_typer(accounts.app, name="api-account")
+app.add_typer(psk.app, name="psk")
 app.add_typer(cluster.app, name="cluster")
 app.add_typer(users.app, name="user")
 app.command("customer")(clients.customer)

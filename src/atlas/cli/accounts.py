@@ -8,17 +8,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich import box
 from rich.table import Column, Table
 
-from atlas.cli.node import DataDirArg, fail, out
-from atlas.node.datadir import DataDir, DataDirError
+from atlas.cli.node import DataDirArg, fail, node_database, out
 from atlas.store.api_accounts import (
     ApiAccount,
     ApiAccountError,
@@ -29,7 +25,6 @@ from atlas.store.api_accounts import (
     parse_permissions,
     revoke_account,
 )
-from atlas.store.db import Database
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -40,24 +35,6 @@ PERMISSION_HELP = (
     ", ".join(p.value for p in Permission)
     + "; repeat for several (full implies read, write implies read)"
 )
-
-
-@contextmanager
-def _database(data_dir: Path) -> Iterator[Database]:
-    dd = DataDir(data_dir)
-    if not data_dir.is_dir():
-        raise fail(f"{data_dir}: no such directory")
-    try:
-        dd.load_identity()
-    except DataDirError as exc:
-        raise fail(str(exc)) from None
-    if not dd.db_file.exists():
-        raise fail(f"{dd.db_file} is missing; is {data_dir} a complete Atlas node?")
-    db = Database(dd.db_file)
-    try:
-        yield db
-    finally:
-        db.close()
 
 
 def _when(ts: float | None) -> str:
@@ -97,7 +74,7 @@ def create(
         perms = parse_permissions(permission)
     except ApiAccountError as exc:
         raise fail(f"--permission: {exc}") from None
-    with _database(data_dir) as db:
+    with node_database(data_dir) as db:
         try:
             new = create_account(db, name, perms)
         except ApiAccountError as exc:
@@ -119,7 +96,7 @@ def list_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON (for scripts)")] = False,
 ) -> None:
     """List API accounts (secrets are never shown)."""
-    with _database(data_dir) as db:
+    with node_database(data_dir) as db:
         accounts = list_accounts(db)
     if as_json:
         print(json.dumps([_as_json(a) for a in accounts]))
@@ -148,7 +125,7 @@ def revoke(
     client_id: Annotated[str, typer.Argument(help="The account's client id")],
 ) -> None:
     """Revoke an API account: its credentials and every token it holds stop working."""
-    with _database(data_dir) as db:
+    with node_database(data_dir) as db:
         acc = get_account_by_client_id(db, client_id.strip())
         if acc is None:
             raise fail(f"no API account with client id {client_id!r}; see `atlas api-account "

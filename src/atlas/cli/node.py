@@ -1,8 +1,11 @@
-"""``atlas init``, ``atlas serve`` and ``atlas certs``."""
+"""``atlas init``, ``atlas serve`` and ``atlas certs``, and what every command on a data
+directory shares."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -10,9 +13,11 @@ import typer
 from rich.console import Console
 
 from atlas.net import certs
+from atlas.node.datadir import DataDir, DataDirError
 from atlas.node.init import InitError, init_node
 from atlas.node.logs import setup_logging
 from atlas.node.server import ServeError, serve
+from atlas.store.db import Database
 
 err = Console(stderr=True, soft_wrap=True)
 out = Console(soft_wrap=True)
@@ -23,6 +28,26 @@ DataDirArg = Annotated[Path, typer.Argument(help="The node's data directory")]
 def fail(message: str, code: int = 2) -> typer.Exit:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     return typer.Exit(code)
+
+
+@contextmanager
+def node_database(data_dir: Path) -> Iterator[Database]:
+    """The database of the node in ``data_dir`` (a stopped or a running node: SQLite in
+    WAL mode lets both write); a clear error when it is not a complete node."""
+    dd = DataDir(data_dir)
+    if not data_dir.is_dir():
+        raise fail(f"{data_dir}: no such directory")
+    try:
+        dd.load_identity()
+    except DataDirError as exc:
+        raise fail(str(exc)) from None
+    if not dd.db_file.exists():
+        raise fail(f"{dd.db_file} is missing; is {data_dir} a complete Atlas node?")
+    db = Database(dd.db_file)
+    try:
+        yield db
+    finally:
+        db.close()
 
 
 def init(

@@ -26,8 +26,8 @@ from rich.markup import escape
 from rich.table import Column, Table
 from rich.text import Text
 
-from atlas.cli.accounts import _database as database
 from atlas.cli.node import DataDirArg, fail, out
+from atlas.cli.node import node_database as database
 from atlas.store import representatives as reps
 from atlas.store.db import Database
 from atlas.store.representatives import Representative, RepresentativeError
