@@ -91,6 +91,8 @@ def init(
     out.print(f"  admin user      {result.admin_username}", highlight=False)
     if result.password_generated:
         out.print(f"  admin password  {result.admin_password}  (shown once)", highlight=False)
+    for warning in result.warnings:
+        err.print(f"[bold yellow]warning:[/] {warning}", highlight=False)
 
 
 def serve_cmd(

@@ -30,6 +30,7 @@ class InitResult:
     admin_username: str
     admin_password: str
     password_generated: bool
+    warnings: tuple[str, ...] = ()
 
 
 def _check_name(name: str) -> str:
@@ -44,21 +45,23 @@ def _check_name(name: str) -> str:
 
 
 def _parse_address(option: str, text: str) -> HostPort:
-    """A node address: ``host:port`` with a hostname. The cluster configuration refuses
-    IP addresses for nodes (guide: each node has a canonical hostname, which its
-    certificate covers), so a node created with one could never join a cluster."""
     try:
-        hp = HostPort.parse(text)
+        return HostPort.parse(text)
     except ValueError as exc:
         raise InitError(f"{option}: {exc}") from None
+
+
+def _ip_warning(option: str, hp: HostPort) -> str | None:
+    """The cluster configuration refuses IP addresses for nodes (each node has a
+    canonical hostname its certificate covers): a node made with one works alone, but
+    cannot be a member of a cluster under that address."""
     try:
         ipaddress.ip_address(hp.host)
     except ValueError:
-        return hp
-    raise InitError(
-        f"{option}: {hp.host} is an IP address; give the node's canonical hostname "
-        f"(e.g. master1.support.example.com:{hp.port}) — a cluster refuses IP addresses "
-        "for nodes, and --listen sets the IP address to bind")
+        return None
+    return (f"{option} {hp.host} is an IP address: the node works on its own, but a "
+            "cluster refuses IP addresses for nodes — give it a canonical hostname "
+            f"(e.g. master1.support.example.com:{hp.port}) before it joins one")
 
 
 def _default_listen(public: HostPort) -> str:
@@ -168,4 +171,7 @@ def init_node(
     finally:
         db.close()
     dd.save_identity(identity)  # last: a node exists only once it is complete
-    return InitResult(identity, ADMIN_USERNAME, password, generated)
+    warnings = tuple(w for w in (_ip_warning("--public", pub),
+                                 None if internal is None else
+                                 _ip_warning("--internal", internal_hp)) if w)
+    return InitResult(identity, ADMIN_USERNAME, password, generated, warnings)
