@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Callable, Sequence
 from typing import Final, cast
 
@@ -42,6 +43,7 @@ from atlas.protocol.frames import (
     end_reason,
 )
 from atlas.relay.hub import Publisher, RelayHub, StreamBusy, Subscriber
+from atlas.relay.tls_stream import take_over
 
 log = logging.getLogger("atlas.relay")
 
@@ -51,6 +53,9 @@ WRITE_HIGH_WATER: Final = 256 * 1024
 WRITE_LOW_WATER: Final = 64 * 1024
 CLOSE_TIMEOUT: Final = 5.0
 """After sending an end frame, a peer that does not read it is cut off after this long."""
+
+TLS_ENV: Final = "ATLAS_RELAY_TLS"
+"""``asyncio``: keep asyncio's TLS transport under stream connections (to compare)."""
 
 _DISCARD = bytearray(64 * 1024)
 
@@ -238,13 +243,19 @@ async def serve_upgrade(request: web.Request, hub: RelayHub, grant: StreamGrant,
         http_protocol.connection_lost(exc)
 
     conn = StreamConnection(hub, grant, clock=clock, on_lost=on_lost)
-    transport.set_protocol(conn)
-    conn.connection_made(transport)
+    lower: asyncio.BaseTransport = transport
+    stream = take_over(transport) if os.environ.get(TLS_ENV) != "asyncio" else None
+    if stream is not None:
+        lower = stream
+        stream.start(conn)
+    else:
+        transport.set_protocol(conn)
+        conn.connection_made(transport)
     try:
         await conn.closed
     except asyncio.CancelledError:
         conn.end(CloseCode.GOING_AWAY, "the traffic node is shutting down")
         with contextlib.suppress(Exception):
-            transport.abort()
+            cast(asyncio.Transport, lower).abort()
         raise
     return response
