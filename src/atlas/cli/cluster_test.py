@@ -14,15 +14,17 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich import box
+from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from atlas.cli.node import err, out
+from atlas.cli.node import err
 from atlas.cli.prompts import NoPassword, login_password
 from atlas.cluster_test.plan import PlanError, ProbeSpec, load_plan
 from atlas.cluster_test.runner import ClusterTest, TestOptions, TestReport, report_dict
@@ -41,6 +43,9 @@ from atlas.net.api_client import (
 )
 from atlas.net.resolver import ENV_VAR as ENV_DNS
 from atlas.net.resolver import DnsServer, Resolver
+
+# a report piped to a file keeps its table rows whole
+out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 
 ENV_REP_USER = "ATLAS_REP_USER"
 ENV_REP_PASSWORD = "ATLAS_REP_PASSWORD"  # noqa: S105 - the variable's name
