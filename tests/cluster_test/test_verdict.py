@@ -9,16 +9,19 @@ import pytest
 
 from atlas.cluster_test.plan import ProbeSpec, parse_plan
 from atlas.cluster_test.verdict import (
+    DnsAnswer,
     Expectation,
     Observation,
     Result,
     Severity,
+    a_record_group,
     expect,
     failed,
     judge,
     observe,
     passed,
     precheck,
+    srv_groups,
 )
 from atlas.web.api_v1.cluster_models import ClusterOut, RouteOut
 from atlas.web.api_v1.sessions import ConnectedClientsOut
@@ -111,6 +114,40 @@ def test_a_directive_leaves_any_viable_node() -> None:
     got = expect(probe(), [route(outcome="srv", node=None, rule="srv")], "master1")
     assert got.nodes == {"us-traffic1", "us-traffic2"}
     assert got.note is not None and "srv directive" in got.note
+
+
+HOSTS = {"us-traffic1.example.test": "us-traffic1", "us-traffic2.example.test": "us-traffic2"}
+
+
+def test_srv_records_group_by_priority_lowest_first() -> None:
+    records = [(20, "us-traffic2.example.test."), (10, "US-TRAFFIC1.example.test"),
+               (10, "elsewhere.example.org"), (30, "nowhere.example.test")]
+    assert srv_groups(records, HOSTS) == (frozenset({"us-traffic1"}),
+                                          frozenset({"us-traffic2"}))
+
+
+def test_a_records_name_the_nodes_listening_there() -> None:
+    nodes = {"us-traffic1": ["127.0.2.1"], "us-traffic2": ["127.0.2.2", "::2"]}
+    assert a_record_group(["127.0.2.2"], nodes) == {"us-traffic2"}
+    assert a_record_group(["10.9.9.9"], nodes) == frozenset()
+
+
+def test_a_dns_directive_expects_what_dns_answered_the_probes_network() -> None:
+    srv = route(outcome="srv", node=None, rule="srv")
+    answer = DnsAnswer((frozenset({"us-traffic1"}), frozenset({"us-traffic2"})))
+    got = expect(probe(), [srv], "master1", answer)
+    assert got.nodes == {"us-traffic1"} and got.note is None
+    # the lowest priority is not viable: the client goes on to the next
+    drained = route(outcome="srv", node=None, rule="srv", viable=("us-traffic2",))
+    assert expect(probe(), [drained], "master1", answer).nodes == {"us-traffic2"}
+    # nothing usable: any viable node, and why
+    failed_dns = DnsAnswer((), "cannot resolve SRV '_atlas._tcp.x': NXDOMAIN")
+    got = expect(probe(), [srv], "master1", failed_dns)
+    assert got.nodes == {"us-traffic1", "us-traffic2"}
+    assert got.note is not None and "NXDOMAIN" in got.note
+    # the plan still wins over DNS
+    planned = expect(probe(expected_nodes=["us-traffic2"]), [srv], "master1", answer)
+    assert planned.nodes == {"us-traffic2"} and planned.source == "plan"
 
 
 def test_planned_nodes_that_are_not_viable_are_dropped_with_the_reason() -> None:

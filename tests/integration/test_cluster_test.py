@@ -24,9 +24,11 @@ import sys
 import time
 import tomllib
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import tomli_w
 
 from tests.clients.demo_cluster import (
     US_CLIENT,
@@ -73,8 +75,9 @@ def set_method(demo: Demo, method: str, *options: str) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def cluster_test(demo: Demo) -> dict[str, Any]:
-    done = atlas(demo, "cluster", "test", str(demo.root / "cluster-test.toml"), "--json")
+def cluster_test(demo: Demo, plan: Path | None = None) -> dict[str, Any]:
+    plan = plan or demo.root / "cluster-test.toml"
+    done = atlas(demo, "cluster", "test", str(plan), "--json")
     assert done.stdout.strip(), done.stderr
     report: dict[str, Any] = json.loads(done.stdout)
     assert done.returncode == (0 if report["passed"] else 1), done.stderr
@@ -115,6 +118,26 @@ def test_every_probe_lands_where_expected(demo: Demo, method: str,
         for name, p in probes.items():
             region = name.split("-")[0]
             assert p["actual"] in demo.region_nodes(region), p
+
+
+@pytest.mark.parametrize("method", ["srv", "a_record"])
+def test_without_planned_nodes_a_dns_method_expects_what_dns_answers(
+    demo: Demo, method: str, tmp_path: Path,
+) -> None:
+    set_method(demo, method)
+    plan = tomllib.loads((demo.root / "cluster-test.toml").read_text())
+    for p in plan["probe"]:
+        del p["expected_nodes"], p["expected_rule"]
+    bare = tmp_path / "plan.toml"
+    bare.write_text(tomli_w.dumps(plan))
+    report = cluster_test(demo, bare)
+    assert report["passed"], json.dumps(report, indent=2)
+    for p in report["probes"]:
+        # the demo's DNS answers each client network with its own region's nodes
+        region = p["name"].split("-")[0]
+        assert p["expected_from"] == "route" and p["rule"] == method, p
+        assert set(p["expected"]) == demo.region_nodes(region), p
+        assert p["actual"] in demo.region_nodes(region), p
 
 
 DRAIN_REP, DRAIN_PASSWORD = "drain-rep", "drain-rep-password-1"

@@ -5,7 +5,8 @@ Over the primary master's REST API (the API account of ``atlas cluster``):
 1. ``GET /api/v1/cluster`` — the pre-check (:func:`~atlas.cluster_test.verdict.precheck`)
    and the nodes to ask later.
 2. Per probe, in plan order: ``GET /api/v1/cluster/route`` (a few dry runs: ties and the
-   ``random`` method are decided at random) → the expectation; ``POST
+   ``random`` method are decided at random) and, for the ``srv`` and ``a_record``
+   directives, the DNS answer from the probe's source address → the expectation; ``POST
    /api/v1/session-keys`` for the test representative's queue; the test connection
    (:mod:`~atlas.cluster_test.probe`); then ``GET /api/v1/connected-clients`` with
    connections on **every** node — each traffic node answers for its own connections,
@@ -23,26 +24,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from atlas.clients.dns_directives import resolve_srv
 from atlas.clients.network import SiteAddress
 from atlas.cluster_test.plan import ProbeSpec, TestPlan
 from atlas.cluster_test.probe import ProbeFailed, ProbeSite, TestConnection, open_connection
 from atlas.cluster_test.verdict import (
+    DnsAnswer,
     Expectation,
     NodeProblem,
     Observation,
     ProbeResult,
+    a_record_group,
     expect,
     failed,
     judge,
     observe,
     passed,
     precheck,
+    srv_groups,
 )
 from atlas.net.api_client import AtlasClient, ClientError, Connection, UsageError
-from atlas.net.resolver import DnsServer, Resolver
+from atlas.net.resolver import DnsServer, ResolutionError, Resolver
 from atlas.node.roles import Role
 from atlas.web.api_v1.cluster_models import ClusterOut, RouteOut
 from atlas.web.api_v1.sessions import ConnectedClientsOut, SessionKeyOut
@@ -51,6 +57,7 @@ ROUTE_SAMPLES = 12
 LISTING_DEADLINE = 10.0
 LISTING_POLL = 0.25
 KEY_TTL_SECONDS = 300
+SRV_OUTCOME, A_RECORD_OUTCOME = "srv", "a_record"
 NODE_TIMEOUT = 10.0
 
 
@@ -130,7 +137,8 @@ class ClusterTest:
         expected: Expectation | None = None
         try:
             routes = [await self._route(probe) for _ in range(self.options.route_samples)]
-            expected = expect(probe, routes, master)
+            dns = await self._dns_answer(routes[0], probe, status)
+            expected = expect(probe, routes, master, dns)
             conn = await open_connection(self._site(), probe, self.options.timeout)
         except ProbeFailed as exc:
             return failed(probe, expected, str(exc)), exc.fatal
@@ -149,6 +157,29 @@ class ClusterTest:
             result = dataclasses.replace(
                 result, detail=f"{result.detail}; {extra}" if result.detail else extra)
         return result, None
+
+    async def _dns_answer(self, route: RouteOut, probe: ProbeSpec, status: ClusterOut
+                          ) -> DnsAnswer | None:
+        """For a DNS directive, what the DNS server answers the probe's network (queries
+        sent from its source address, as its client will send them)."""
+        if route.outcome not in (SRV_OUTCOME, A_RECORD_OUTCOME):
+            return None
+        resolver = Resolver(self.options.dns, source_address=probe.source_address)
+        hosts = {node.public.rpartition(":")[0].lower(): node.name
+                 for node in status.traffic_nodes}
+        try:
+            if route.outcome == SRV_OUTCOME:
+                records = await resolve_srv(str(route.decision.get("srv_name")), resolver,
+                                            random.Random())
+                return DnsAnswer(srv_groups(((r.priority, r.target) for r in records), hosts))
+            addresses = await resolver.resolve(str(route.decision.get("hostname")))
+            answers = await asyncio.gather(*(resolver.resolve(h) for h in hosts),
+                                           return_exceptions=True)
+            nodes = {hosts[h]: a for h, a in zip(hosts, answers, strict=True)
+                     if isinstance(a, list)}
+            return DnsAnswer((a_record_group(addresses, nodes),))
+        except ResolutionError as exc:
+            return DnsAnswer((), str(exc))
 
     async def _route(self, probe: ProbeSpec) -> RouteOut:
         params = {"ip": probe.source_address, "kind": probe.kind.value}

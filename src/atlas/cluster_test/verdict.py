@@ -90,14 +90,55 @@ def _route_nodes(route: RouteOut, master: str) -> set[str]:
     return set(route.viable)  # a DNS or anycast directive: the network decides
 
 
-def expect(probe: ProbeSpec, routes: Sequence[RouteOut], master: str) -> Expectation:
+@dataclass(frozen=True, slots=True)
+class DnsAnswer:
+    """What DNS told the probe's network for a DNS directive: the node names it leads
+    to, in the order a client tries them (SRV: one set per priority, lowest first; A:
+    one set), and why it gave nothing, if it did not."""
+
+    groups: tuple[frozenset[str], ...]
+    problem: str | None = None
+
+
+def srv_groups(records: Iterable[tuple[int, str]], hosts: Mapping[str, str]
+               ) -> tuple[frozenset[str], ...]:
+    """SRV ``(priority, target)`` records → node names per priority, lowest first (RFC
+    2782: a client tries a higher priority only when no lower one answers). ``hosts``:
+    each node's public hostname (lower case) → its name; unknown targets are left out."""
+    by: dict[int, set[str]] = {}
+    for priority, target in records:
+        name = hosts.get(target.lower().rstrip("."))
+        if name is not None:
+            by.setdefault(priority, set()).add(name)
+    return tuple(frozenset(by[p]) for p in sorted(by))
+
+
+def a_record_group(addresses: Iterable[str], node_addresses: Mapping[str, Iterable[str]]
+                   ) -> frozenset[str]:
+    """The nodes listening on any of ``addresses`` (``node_addresses``: node name → the
+    addresses its public hostname resolves to, from the same network)."""
+    wanted = set(addresses)
+    return frozenset(n for n, a in node_addresses.items() if wanted & set(a))
+
+
+def expect(probe: ProbeSpec, routes: Sequence[RouteOut], master: str,
+           dns: DnsAnswer | None = None) -> Expectation:
     """Where ``probe`` should land, from the plan or else the route dry runs ``routes``
-    (at least one; all for the same client)."""
+    (at least one; all for the same client) — for a DNS directive, what ``dns`` answered
+    the probe's network: the first group with a viable node."""
     first = routes[0]
     from_route = set().union(*(_route_nodes(r, master) for r in routes))
     directive = first.outcome not in {NODE_OUTCOME, NO_NODE_OUTCOME, *MASTER_OUTCOMES}
     route_note = (f"the {first.outcome} directive leaves the choice to the network: "
                   "any viable traffic node" if directive else None)
+    if directive and dns is not None:
+        viable_now = set(first.viable)
+        group = next((g & viable_now for g in dns.groups if g & viable_now), None)
+        if group is not None:
+            from_route = set(group)
+            route_note = None
+        elif dns.problem is not None:
+            route_note = f"DNS gave the probe's network nothing usable ({dns.problem})"
     if not probe.expected_nodes:
         return Expectation(frozenset(from_route), first.rule, first.reason, "route", route_note)
     viable = set(first.viable)
