@@ -357,6 +357,26 @@ class StreamRunner:
                     await self._new_target.wait()
             delay = min(self.policy.backoff_max, delay * 2)
 
+    async def _connect_or_end(self, first: bool, reason: str
+                              ) -> StreamPublisher | StreamSubscriber | None:
+        """:meth:`_connect_with_retry`, or ``None`` when the runner is done: stopped, or
+        the node lost for the window or the grant not renewed (reported)."""
+        try:
+            return await self._connect_with_retry(first, reason)
+        except _WindowPassed as exc:
+            await self._lost(str(exc))
+        except _GrantRefused as exc:
+            await self._lost(f"the master did not renew the grant: {exc}")
+        except _Stopped:
+            pass
+        return None
+
+    def _broken(self, exc: BaseException) -> StreamDown:
+        """How an open connection that failed on the network is reported."""
+        t = self.target
+        return StreamDown(t.stream, t.direction, t.node,
+                          f"connection to {t.node.name} lost: {exc}")
+
     async def _open(self, target: StreamTarget) -> StreamPublisher | StreamSubscriber:
         raise NotImplementedError
 
@@ -466,15 +486,8 @@ class ScreenPublisher(StreamRunner):
         first, reason = True, ""
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            try:
-                endpoint = await self._connect_with_retry(first, reason)
-            except _WindowPassed as exc:
-                await self._lost(str(exc))
-                return
-            except _GrantRefused as exc:
-                await self._lost(f"the master did not renew the grant: {exc}")
-                return
-            except _Stopped:
+            endpoint = await self._connect_or_end(first, reason)
+            if endpoint is None:
                 return
             assert isinstance(endpoint, StreamPublisher)
             first = False
@@ -516,9 +529,7 @@ class ScreenPublisher(StreamRunner):
                     return
                 down = _closed_down(self.target, exc, "closed the stream")
             except (OSError, ConnectionError) as exc:
-                t = self.target
-                down = StreamDown(t.stream, t.direction, t.node,
-                                  f"connection to {t.node.name} lost: {exc}")
+                down = self._broken(exc)
             endpoint.abort()
             reason = down.reason
             await self.on_event(down)
@@ -580,15 +591,8 @@ class StreamViewer(StreamRunner):
         first, reason = True, ""
         loop = asyncio.get_running_loop()
         while not self._stopping:
-            try:
-                endpoint = await self._connect_with_retry(first, reason)
-            except _WindowPassed as exc:
-                await self._lost(str(exc))
-                return
-            except _GrantRefused as exc:
-                await self._lost(f"the master did not renew the grant: {exc}")
-                return
-            except _Stopped:
+            endpoint = await self._connect_or_end(first, reason)
+            if endpoint is None:
                 return
             assert isinstance(endpoint, StreamSubscriber)
             self._endpoint = endpoint
@@ -619,9 +623,7 @@ class StreamViewer(StreamRunner):
                 # says so and stops us). Keep watching the same node meanwhile.
                 down = _closed_down(self.target, exc, "ended the stream")
             except (OSError, ConnectionError) as exc:
-                t = self.target
-                down = StreamDown(t.stream, t.direction, t.node,
-                                  f"connection to {t.node.name} lost: {exc}")
+                down = self._broken(exc)
             finally:
                 self._endpoint = None
             endpoint.abort()
