@@ -201,10 +201,12 @@ class InProcessNode:
 
 @pytest.fixture
 async def inprocess_node(node_factory: NodeFactory) -> AsyncIterator[InProcessNode]:
+    """The node served in this process on its own public port (stream grants and key
+    URLs name the node's public address)."""
     info = node_factory()
     node = Node(info.data_dir)
     dd = DataDir(info.data_dir)
-    server = TestServer(build_app(node), host="localhost")
+    server = TestServer(build_app(node), host="localhost", port=info.port)
     await server.start_server(ssl=server_context(dd.cert_file, dd.key_file))
     running = InProcessNode(info, node, server)
     try:

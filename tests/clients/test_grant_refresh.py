@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from aiohttp.test_utils import TestServer
 from argon2 import PasswordHasher
 
 from atlas.broker.service import BROKER, Broker, replace_settings
@@ -32,16 +31,12 @@ from atlas.clients.customer import CustomerApp
 from atlas.clients.representative import RepresentativeApp
 from atlas.clients.session import ClientApp, ClientSettings, ScreenSettings
 from atlas.clients.streams import RetryPolicy, ScreenPublisher, StreamViewer
-from atlas.net.tls import server_context
-from atlas.node.app import build_app
-from atlas.node.datadir import DataDir
-from atlas.node.runtime import Node
 from atlas.protocol.control import AuthCustomer, AuthRep, ClientKind, StreamKind
 from atlas.protocol.frames import CloseCode
 from atlas.relay.endpoint import RELAY, RelayService
 from atlas.store import passwords
 from atlas.store import representatives as reps
-from tests.conftest import InProcessNode, NodeFactory
+from tests.conftest import InProcessNode
 from tests.support.reporters import ListReporter
 
 pytestmark = pytest.mark.timeout(120)
@@ -97,19 +92,8 @@ async def until(predicate: Callable[[], bool], what: str, timeout: float = 30.0)
 
 
 @pytest.fixture
-async def site(node_factory: NodeFactory) -> AsyncIterator[InProcessNode]:
-    """The node served in this process on its own public port (``inprocess_node``
-    serves on another one, but stream grants name the node's public address)."""
-    info = node_factory()
-    node = Node(info.data_dir)
-    dd = DataDir(info.data_dir)
-    server = TestServer(build_app(node), host="localhost", port=info.port)
-    await server.start_server(ssl=server_context(dd.cert_file, dd.key_file))
-    running = InProcessNode(info, node, server)
-    try:
-        yield running
-    finally:
-        await running.close()
+def site(inprocess_node: InProcessNode) -> InProcessNode:
+    return inprocess_node
 
 
 @pytest.fixture
