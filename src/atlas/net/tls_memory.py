@@ -28,6 +28,13 @@ _MARK: Final = "_atlas_shared_read_buffer"
 _local = threading.local()
 
 
+def shared_read_buffer(size: int) -> memoryview:
+    """This thread's read buffer (at least ``size`` bytes), for a protocol that copies
+    what a read put there before it returns (as asyncio's TLS transport does into its
+    ``MemoryBIO``), so every connection of the event loop can share it."""
+    return _shared(size)[1][:size]
+
+
 def _shared(size: int) -> tuple[bytearray, memoryview]:
     buffer: bytearray | None = getattr(_local, "buffer", None)
     if buffer is None or len(buffer) < size:
@@ -67,4 +74,4 @@ def share_tls_read_buffers() -> bool:
     return True
 
 
-__all__ = ["share_tls_read_buffers"]
+__all__ = ["share_tls_read_buffers", "shared_read_buffer"]

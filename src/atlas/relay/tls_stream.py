@@ -24,6 +24,8 @@ from asyncio import sslproto
 from collections.abc import Callable, Iterable
 from typing import Any, Final
 
+from atlas.net.tls_memory import shared_read_buffer
+
 log = logging.getLogger("atlas.relay")
 
 READ_SIZE: Final = 256 * 1024
@@ -45,8 +47,7 @@ class TlsStream(asyncio.BufferedProtocol, asyncio.Transport):
         self._read: Callable[[int, memoryview], int] = inner.read
         self._write: Callable[[memoryview], int] = inner.write
         self._app: asyncio.BufferedProtocol | None = None
-        self._buffer = bytearray(READ_SIZE)
-        self._view = memoryview(self._buffer)
+        self._view = memoryview(b"")
         self._closing = False
         self._lost = False
 
@@ -58,6 +59,8 @@ class TlsStream(asyncio.BufferedProtocol, asyncio.Transport):
 
     # --- protocol of the TCP transport -------------------------------------------------
     def get_buffer(self, sizehint: int) -> memoryview:
+        # what a read puts here goes into the incoming BIO at once: one buffer per thread
+        self._view = shared_read_buffer(READ_SIZE)
         return self._view
 
     def buffer_updated(self, nbytes: int) -> None:
